@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both offline once installed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench gradcheck clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned to the CPU build (torch==2.13.0); it is only used by the tests' references.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ep-jax train
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+gradcheck: $(STAMP)
+	$(BIN)/ep-jax gradcheck --energy hopfield --rule ep-symmetric --beta 1e-3 --x64
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/relax_throughput.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,23 @@
+"""Energies: pure functions ``E(params, state, x) -> (batch,)`` and their registry.
+
+Adding an energy: one file defining a ``LayeredEnergy`` subclass and one line in ``ENERGIES``.
+"""
+
+from ep_jax.energies.base import LayeredEnergy, Params, State, StateInit, layer_name
+from ep_jax.energies.conditional_gaussian import ConditionalGaussian, conditional_gaussian
+from ep_jax.energies.hopfield import Hopfield, hopfield, restricted_hopfield
+
+ENERGIES = {
+    "hopfield": hopfield,
+    "restricted_hopfield": restricted_hopfield,
+    "conditional_gaussian": conditional_gaussian,
+}
+
+
+def make_energy(name: str, sizes, **kwargs) -> LayeredEnergy:
+    """Builds a registered energy by name, e.g. ``make_energy("hopfield", (784, 500, 10))``."""
+    try:
+        factory = ENERGIES[name]
+    except KeyError:
+        raise ValueError(f"energy: expected one of {sorted(ENERGIES)}, received {name!r}") from None
+    return factory(sizes, **kwargs)

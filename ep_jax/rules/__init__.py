@@ -1,0 +1,24 @@
+"""Learning rules and their registry.
+
+A rule is ``rule(energy, params, x, target, state0, *, phases, key) -> (grads, RuleResult)``.
+Adding one: a file in this package and one line in ``RULES``.
+"""
+
+import functools
+
+from ep_jax.rules.base import Phases, RuleResult, energy_grad_difference
+from ep_jax.rules.ep import ep_gradient, free_phase, nudged_phase
+
+RULES = {
+    "ep": functools.partial(ep_gradient, variant="one-sided"),
+    "ep-random-sign": functools.partial(ep_gradient, variant="random-sign"),
+    "ep-symmetric": functools.partial(ep_gradient, variant="symmetric"),
+}
+
+
+def get_rule(name: str):
+    """Returns the registered rule ``name`` (see ``RULES``)."""
+    try:
+        return RULES[name]
+    except KeyError:
+        raise ValueError(f"rule: expected one of {sorted(RULES)}, received {name!r}") from None

@@ -1,0 +1,68 @@
+"""What learning rules share: the phase configuration and the energy-gradient difference."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ep_jax.costs import Cost, squared_error
+from ep_jax.energies.base import LayeredEnergy, Params, State
+from ep_jax.solvers import GradientDescent, RelaxStats, Solver
+
+
+class Phases(NamedTuple):
+    """How a rule relaxes: solvers for the free and nudged phases, the cost, beta.
+
+    Hashable, so a whole rule configuration is one static argument of ``jax.jit``.
+
+    Attributes:
+      beta: nudging strength (> 0; the sign is chosen by the rule's variant).
+      free: solver of the free phase (seed 001: 20 steps of eps = 0.5 projected to [0, 1]).
+      nudged: solver of the nudged phase(s), warm-started from the free state.
+      cost: the cost C nudging the output.
+    """
+
+    beta: float = 0.5
+    free: Solver = GradientDescent(0.5, 20, project="clip01")
+    nudged: Solver = GradientDescent(0.5, 4, project="clip01")
+    cost: Cost = squared_error
+
+
+class RuleResult(NamedTuple):
+    """Everything a rule computed besides the gradient (for metrics and particles).
+
+    Attributes:
+      free_state: the free equilibrium (write it back to persistent particles).
+      nudged_state: the (+beta or signed) nudged state.
+      second_state: the -beta nudged state of symmetric EP (else the free state).
+      beta: the signed beta actually used.
+      free_stats, nudged_stats: ``RelaxStats`` of the phases (``nudged_stats`` of the first
+        nudged phase; ``second_stats`` of the -beta one, else equal to it).
+    """
+
+    free_state: State
+    nudged_state: State
+    second_state: State
+    beta: jax.Array
+    free_stats: RelaxStats
+    nudged_stats: RelaxStats
+    second_stats: RelaxStats
+
+
+def energy_grad_difference(
+    energy: LayeredEnergy, params: Params, x: jax.Array, state_a: State, state_b: State, scale
+) -> Params:
+    """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), both averaged over the batch.
+
+    One backward pass through ``mean_b E(theta, s_a) - E(theta, s_b)``: a pytree shaped like
+    ``params`` that optax consumes directly.
+    """
+
+    def diff(p):
+        return jnp.mean(energy(p, state_a, x) - energy(p, state_b, x))
+
+    g = jax.grad(diff)(params)
+    scale = jnp.asarray(scale, x.dtype)
+    return jax.tree.map(lambda t: scale * t, g)

@@ -1,0 +1,232 @@
+"""Relaxation solvers and the one entry point ``relax``.
+
+``relax(energy, params, x, state0, target=..., beta=..., solver=...)`` minimises the total
+energy F = E + beta * C over the free layers, with the input clamped. Everything is traced
+once: the loop is a ``lax.fori_loop`` (fixed number of steps) or a ``lax.while_loop``
+(tolerance stopping), with no host synchronisation inside, so ``relax`` jits, vmaps and nests
+inside a training step. Solvers are small immutable objects (hashable, so they can be static
+arguments of ``jax.jit``):
+
+* ``GradientDescent(step_size, max_steps, tol, project)``:  s <- proj(s - eps * dF/ds)
+* ``FixedPoint(max_steps, tol, order)``:  s_l <- rho_l(-d(E_int + beta C)/d rho(s_l)),
+  all layers at once (``"synchronous"``) or even layers then odd layers (``"asynchronous"``,
+  a block Gauss-Seidel sweep that respects the layered graph).
+
+Stopping: with ``tol=None`` the solver runs exactly ``max_steps`` steps; with a tolerance it
+stops at the first step whose update norm ``max_b ||s_{t+1} - s_t||_2`` (over all free layers of
+example b, worst example of the batch) is ``<= tol``, or after ``max_steps``. Divergence is not
+silent: a non-finite state ends the loop and is flagged in ``RelaxStats.nonfinite``;
+``check_stats`` turns the flags into a Python exception on the host.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from ep_jax.activations import hard_sigmoid
+from ep_jax.costs import Cost, as_dense_target, squared_error, total_energy
+from ep_jax.energies.base import LayeredEnergy, Params, State
+
+PROJECTIONS = {None: None, "none": None, "clip01": hard_sigmoid}
+
+
+class RelaxStats(NamedTuple):
+    """What a relaxation did.
+
+    Attributes:
+      steps: number of solver steps taken (int32).
+      residual: the last update norm ``max_b ||s_{t+1} - s_t||``.
+      energy: mean over the batch of F = E + beta * C at the returned state.
+      converged: ``residual <= tol`` and finite (``tol=None``: finite only).
+      nonfinite: a NaN or Inf appeared in the state: the relaxation diverged.
+    """
+
+    steps: jax.Array
+    residual: jax.Array
+    energy: jax.Array
+    converged: jax.Array
+    nonfinite: jax.Array
+
+
+class RelaxationError(RuntimeError):
+    """A relaxation diverged (non-finite state) or missed its tolerance when required."""
+
+
+class GradientDescent(NamedTuple):
+    """Projected gradient descent on F: ``s <- proj(s - step_size * dF/ds)``.
+
+    Attributes:
+      step_size: epsilon (seeds 001/003 use 0.5).
+      max_steps: steps to run (``tol=None``) or the cap (with ``tol``).
+      tol: tolerance on the update norm; ``None`` runs a fixed number of steps.
+      project: ``"clip01"`` keeps states in [0, 1] (seeds 001/003, where the projection is rho
+        itself), or ``None``.
+    """
+
+    step_size: float = 0.5
+    max_steps: int = 20
+    tol: Optional[float] = None
+    project: Optional[str] = None
+
+    def validate(self, energy: LayeredEnergy) -> None:
+        if not self.step_size > 0:
+            raise ValueError(f"step_size: expected > 0, received {self.step_size}")
+        if self.project not in PROJECTIONS:
+            raise ValueError(f"project: expected one of {list(PROJECTIONS)}, received {self.project!r}")
+
+    def step(self, energy, params, x, state, target, beta, cost):
+        def f(s):
+            return jnp.sum(total_energy(energy, params, s, x, target, beta, cost))
+
+        grads = jax.grad(f)(state)
+        eps = jnp.asarray(self.step_size, x.dtype)
+        proj = PROJECTIONS[self.project]
+        new = tuple(s - eps * g for s, g in zip(state, grads))
+        return tuple(proj(s) for s in new) if proj is not None else new
+
+
+class FixedPoint(NamedTuple):
+    """Fixed-point sweeps ``s_l <- rho_l(h_l)``, h_l = -d(E_int + beta C)/d rho(s_l).
+
+    For the hard sigmoid these fixed points are exactly the stationary points of F on the box
+    [0, 1] (seed 000, Laborieux et al. 2021, Scellier et al. 2023). The cost term is evaluated at
+    the current output state (the usual ``rho(h + beta (y - s))`` form), so it keeps the same
+    fixed points as gradient descent on F.
+
+    Attributes:
+      max_steps: sweeps to run (``tol=None``) or the cap (with ``tol``).
+      tol: tolerance on the update norm, or ``None``.
+      order: ``"synchronous"`` (all layers from the old state) or ``"asynchronous"``
+        (even layers, then odd layers from the updated even ones; layer 0 is the input).
+    """
+
+    max_steps: int = 20
+    tol: Optional[float] = None
+    order: str = "synchronous"
+
+    def validate(self, energy: LayeredEnergy) -> None:
+        if self.order not in ("synchronous", "asynchronous"):
+            raise ValueError(
+                f"order: expected 'synchronous' or 'asynchronous', received {self.order!r}"
+            )
+
+    def _update(self, energy, params, x, state, target, beta, cost, layers):
+        new = list(state)
+        n = len(state)
+        for l in layers:  # 1-based free-layer index
+            h = energy.layer_field(params, state, x, l)
+            if l == n and target is not None:
+                dcost = jax.grad(lambda o: jnp.sum(cost(o, target)))(state[-1])
+                h = h - jnp.asarray(beta, h.dtype) * dcost
+            new[l - 1] = energy.rho(l)(h)
+        return tuple(new)
+
+    def step(self, energy, params, x, state, target, beta, cost):
+        n = len(state)
+        if self.order == "synchronous":
+            return self._update(energy, params, x, state, target, beta, cost, range(1, n + 1))
+        state = self._update(energy, params, x, state, target, beta, cost, range(2, n + 1, 2))
+        return self._update(energy, params, x, state, target, beta, cost, range(1, n + 1, 2))
+
+
+Solver = Union[GradientDescent, FixedPoint]
+
+
+def _update_norm(new: State, old: State) -> jax.Array:
+    sq = sum(jnp.sum((a - b) ** 2, axis=-1) for a, b in zip(new, old))
+    return jnp.max(jnp.sqrt(sq))
+
+
+def _all_finite(state: State) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(s)) for s in state]))
+
+
+def relax(
+    energy: LayeredEnergy,
+    params: Params,
+    x: jax.Array,
+    state0: State,
+    *,
+    target: Optional[jax.Array] = None,
+    beta: Union[float, jax.Array] = 0.0,
+    cost: Cost = squared_error,
+    solver: Solver = GradientDescent(),
+) -> tuple[State, RelaxStats]:
+    """Relaxes the free layers to a minimum of F = E + beta * C(s_out, target).
+
+    Args:
+      energy: a layered energy (``ep_jax.energies``).
+      params: its parameters.
+      x: the clamped input, ``(batch, sizes[0])``.
+      state0: initial free-layer states (zeros, feed-forward, or persistent particles).
+      target: labels ``(batch,)`` or dense targets; ``None`` for the free phase.
+      beta: nudging strength (may be a traced scalar; ignored when ``target`` is None).
+      cost: the cost C.
+      solver: ``GradientDescent`` or ``FixedPoint``.
+
+    Returns:
+      ``(state, stats)``: the relaxed state and ``RelaxStats``.
+    """
+    energy.check_inputs(params, state0, x)
+    solver.validate(energy)
+    if target is not None:
+        target = as_dense_target(target, energy.sizes[-1], x.dtype)
+        if target.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"target: expected batch size {x.shape[0]} (as x), received {target.shape[0]}"
+            )
+    state0 = tuple(state0)
+    dtype = x.dtype
+
+    def step(s):
+        return solver.step(energy, params, x, s, target, beta, cost)
+
+    if solver.max_steps < 1:
+        raise ValueError(f"max_steps: expected >= 1, received {solver.max_steps}")
+
+    if solver.tol is None:
+        # The update norm is only needed for the last step; the loop body stays a bare update.
+        state = jax.lax.fori_loop(0, solver.max_steps - 1, lambda _, s: step(s), state0)
+        last = step(state)
+        residual = _update_norm(last, state)
+        state = last
+        steps = jnp.asarray(solver.max_steps, jnp.int32)
+        nonfinite = ~_all_finite(state)
+        converged = ~nonfinite
+    else:
+        tol = jnp.asarray(solver.tol, dtype)
+
+        def cond(carry):
+            _, i, res, bad = carry
+            return (i < solver.max_steps) & (res > tol) & ~bad
+
+        def body(carry):
+            s, i, _, _ = carry
+            new = step(s)
+            res = _update_norm(new, s)
+            return new, i + 1, res, ~jnp.isfinite(res)
+
+        init = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
+        state, steps, residual, nonfinite = jax.lax.while_loop(cond, body, init)
+        nonfinite = nonfinite | ~_all_finite(state)
+        converged = (residual <= tol) & ~nonfinite
+
+    f = jnp.mean(total_energy(energy, params, state, x, target, beta, cost))
+    return state, RelaxStats(steps, residual, f, converged, nonfinite)
+
+
+def check_stats(stats: RelaxStats, *, require_converged: bool = False, where: str = "relax") -> None:
+    """Host-side check: raises ``RelaxationError`` if the relaxation diverged (or did not converge)."""
+    if bool(jnp.any(stats.nonfinite)):
+        raise RelaxationError(
+            f"{where}: relaxation diverged (non-finite state after {int(jnp.max(stats.steps))} steps, "
+            f"residual {float(jnp.max(stats.residual)):.3g}); lower the step size"
+        )
+    if require_converged and not bool(jnp.all(stats.converged)):
+        raise RelaxationError(
+            f"{where}: relaxation did not reach its tolerance in {int(jnp.max(stats.steps))} steps "
+            f"(residual {float(jnp.max(stats.residual)):.3g})"
+        )
