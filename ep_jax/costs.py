@@ -45,6 +45,15 @@ def cross_entropy(output: jax.Array, target: jax.Array) -> jax.Array:
 
 COSTS: dict[str, Cost] = {"squared_error": squared_error, "cross_entropy": cross_entropy}
 
+# Upper bounds on the curvature of each cost in s_out (largest Hessian eigenvalue): 2 for
+# ||s - y||^2, 1/2 for softmax cross-entropy. Fixed-point sweeps use them to majorise beta * C.
+CURVATURE: dict[Cost, float] = {squared_error: 2.0, cross_entropy: 0.5}
+
+
+def cost_curvature(cost: Cost) -> float:
+    """The curvature bound of a registered cost, 0 for unknown costs (plain Jacobi update)."""
+    return CURVATURE.get(cost, 0.0)
+
 
 def get_cost(name_or_fn: str | Cost) -> Cost:
     """Returns a cost given its name (``squared_error``, ``cross_entropy``) or a callable."""
