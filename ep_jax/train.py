@@ -89,7 +89,7 @@ def make_run(cfg: TrainConfig, n_in: int, n_out: int):
 
 
 def train(cfg: TrainConfig, verbose: bool = True) -> dict:
-    """Trains ``cfg`` and returns ``{"final_error", "wall_s", ...}``."""
+    """Trains ``cfg``; returns ``{"final_error", "wall_s", "epochs", "sizes", "params"}``."""
     x_np, y_np = load(cfg.dataset)
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     n_out = int(y_np.max()) + 1
@@ -110,4 +110,7 @@ def train(cfg: TrainConfig, verbose: bool = True) -> dict:
     wall = time.perf_counter() - t0
     if verbose:
         print(f"{cfg.dataset}: {cfg.rule} on {energy.sizes}, {cfg.epochs} epochs, {wall:.1f} s")
-    return {"final_error": error, "wall_s": wall, "epochs": cfg.epochs, "sizes": list(energy.sizes)}
+    return {
+        "final_error": error, "wall_s": wall, "epochs": cfg.epochs, "sizes": list(energy.sizes),
+        "params": ts.params,
+    }
