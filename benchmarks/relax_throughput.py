@@ -136,6 +136,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_ticks():
+    """Aggregate CPU ticks from /proc/stat (Linux), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+        return dict(zip(names, (int(v) for v in fields[1:9])))
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_usage(before, after) -> dict | None:
+    """Share of machine CPU time spent busy / stolen by the hypervisor between two samples.
+
+    A large ``steal`` (or a ``busy`` share far from what the process alone explains) marks a
+    sample disturbed by the host: treat its timings with care.
+    """
+    if before is None or after is None:
+        return None
+    d = {k: after[k] - before[k] for k in before}
+    total = sum(d.values()) or 1
+    busy = d["user"] + d["nice"] + d["system"] + d["irq"] + d["softirq"]
+    return {"busy_share": round(busy / total, 3), "steal_share": round(d["steal"] / total, 3),
+            "ticks": total}
+
+
 # ---------------------------------------------------------------------------------------------
 # The two steps
 # ---------------------------------------------------------------------------------------------
@@ -246,12 +272,14 @@ def bench_jax(cfg, weights, biases, x_np, y_np, repeats, inner):
     jax.block_until_ready(params)
 
     samples = []
+    ticks0 = _cpu_ticks()
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(inner):  # no host sync inside: only dispatches
             params, opt_state, key = step(params, opt_state, key, x, y)
         jax.block_until_ready((params, opt_state, key))
         samples.append((time.perf_counter() - t0) * 1e3 / inner)
+    cpu = cpu_usage(ticks0, _cpu_ticks())
 
     finite = all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params))
     traces, cache_size = counter[0], step._cache_size()  # before lowering for the HLO check
@@ -262,6 +290,7 @@ def bench_jax(cfg, weights, biases, x_np, y_np, repeats, inner):
         "samples_ms": samples,
         "first_call_s_incl_compile": compile_s,
         "hlo_check": hlo,
+        "cpu_during_timing": cpu,
         "traces": traces,
         "cache_size": cache_size,
         "traces_after_hlo_check": counter[0],
@@ -278,16 +307,19 @@ def bench_torch(cfg, weights, biases, x_np, y_np, repeats, Net):
     for _ in range(2):
         torch_step(net, x, y, *args)
     samples = []
+    ticks0 = _cpu_ticks()
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch_step(net, x, y, *args)
         samples.append((time.perf_counter() - t0) * 1e3)
+    cpu = cpu_usage(ticks0, _cpu_ticks())
     finite = all(bool(torch.isfinite(p).all()) for p in list(net.weights) + list(net.biases))
     return {
         "median_ms": statistics.median(samples),
         "min_ms": min(samples),
         "samples_ms": samples,
         "params_finite_after_timing": finite,
+        "cpu_during_timing": cpu,
     }
 
 
@@ -359,6 +391,10 @@ NOTES = [
     "between them) and ends with `jax.block_until_ready`; the sample is divided by `--inner` to "
     "amortise dispatch. `jax_traces` counts Python traces of the step (must be 1).",
     "torch: warm-up 2 steps; each timed sample is one step (synchronous on the CPU).",
+    "`cpu_during_timing` (JSON): machine-wide busy and hypervisor-steal shares of CPU time during "
+    "each side's timed section, from /proc/stat; on a small shared VM, occasional runs are "
+    "disturbed (seen while writing this script: a torch seed001-demo run at ~300 ms/step instead "
+    "of ~12 ms); rerun when the samples' spread is large.",
     "Both sides start from the same Glorot parameters and the same batch, in the same process, "
     "JAX first then torch. Speed-up = torch median / JAX median.",
     "HLO check (not timed): the optimised HLO of the JAX step is searched for any operand of "

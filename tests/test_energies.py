@@ -110,3 +110,21 @@ def test_bad_target_shape():
     out = jnp.zeros((4, 3))
     with pytest.raises(ValueError, match=r"target: expected dense targets of shape \(batch, 3\), received shape \(4, 2\)"):
         squared_error(out, jnp.zeros((4, 2)))
+
+
+@pytest.mark.parametrize(
+    "energy",
+    [hopfield((6, 5, 4, 3)), hopfield((6, 5, 4, 3), quadratic="state", activation="tanh"), conditional_gaussian((6, 5, 3))],
+    ids=["hopfield", "restricted", "conditional_gaussian"],
+)
+def test_param_grad_difference_equals_autodiff(energy):
+    from ep_jax.energies.base import LayeredEnergy
+
+    params, x, _ = random_net(energy)
+    sa = tuple(jax.random.uniform(jax.random.PRNGKey(i), (5, n), jnp.float64) for i, n in enumerate(energy.sizes[1:]))
+    sb = tuple(jax.random.uniform(jax.random.PRNGKey(10 + i), (5, n), jnp.float64) for i, n in enumerate(energy.sizes[1:]))
+    got = energy.param_grad_difference(params, x, sa, sb, 2.5)
+    want = LayeredEnergy.param_grad_difference(energy, params, x, sa, sb, 2.5)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert jax.tree.structure(got) == jax.tree.structure(params)

@@ -159,6 +159,23 @@ class LayeredEnergy:
             )
         return tuple(init)
 
+    # ---- learning-rule support ---------------------------------------------------------
+    def param_grad_difference(
+        self, params: Params, x: jax.Array, state_a: State, state_b: State, scale
+    ) -> Params:
+        """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), each averaged over the batch.
+
+        The generic form is one backward pass through mean_b E(theta, s_a) - E(theta, s_b);
+        energies that are linear in theta override it with a closed form that shares products.
+        """
+
+        def diff(p):
+            return jnp.mean(self(p, state_a, x) - self(p, state_b, x))
+
+        g = jax.grad(diff)(params)
+        scale = jnp.asarray(scale, x.dtype)
+        return jax.tree.map(lambda t: scale * t, g)
+
     # ---- fixed-point sweeps --------------------------------------------------------------
     def layer_field(self, params: Params, state: State, x: jax.Array, l: int) -> jax.Array:
         """-dE_int/d rho(s_l) for free layer ``l`` (1-based); only energies with a fixed-point form."""

@@ -65,6 +65,26 @@ class Hopfield(LayeredEnergy):
             h = h + self.rho(l + 1)(layers[l + 1]) @ params[layer_name(l)]["kernel"].T
         return h
 
+    def param_grad_difference(self, params, x, state_a, state_b, scale):
+        """Closed form of scale * (dE/dtheta(s_a) - dE/dtheta(s_b)) (E is linear in theta):
+
+            dW_l = -(scale / B) (r^a_l^T r^a_{l+1} - r^b_l^T r^b_{l+1}),   db_l = -(scale / B) sum_b (r^a_{l+1} - r^b_{l+1})
+
+        and for the clamped input r^a_0 = r^b_0 = rho(x), so dW_0 = -(scale / B) rho(x)^T (r^a_1 - r^b_1)
+        is a single product instead of two (the largest one in an EP step).
+        """
+        ra, rb = self.activities(state_a, x), self.activities(state_b, x)
+        c = -jnp.asarray(scale, x.dtype) / x.shape[0]
+        grads = {}
+        for l in range(len(ra) - 1):
+            d_post = ra[l + 1] - rb[l + 1]
+            if l == 0:
+                dw = ra[0].T @ d_post
+            else:
+                dw = ra[l].T @ ra[l + 1] - rb[l].T @ rb[l + 1]
+            grads[layer_name(l)] = {"kernel": c * dw, "bias": c * jnp.sum(d_post, axis=0)}
+        return grads
+
     def feedforward_state(self, params: Params, x: jax.Array) -> State:
         """Bottom-up pass s_{l+1} = rho(rho(s_l) W_l + b_l): a warm start, not an equilibrium."""
         state, s = [], x

@@ -56,13 +56,7 @@ def energy_grad_difference(
 ) -> Params:
     """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), both averaged over the batch.
 
-    One backward pass through ``mean_b E(theta, s_a) - E(theta, s_b)``: a pytree shaped like
-    ``params`` that optax consumes directly.
+    A pytree shaped like ``params`` that optax consumes directly; see
+    ``LayeredEnergy.param_grad_difference`` (autodiff, or the energy's closed form).
     """
-
-    def diff(p):
-        return jnp.mean(energy(p, state_a, x) - energy(p, state_b, x))
-
-    g = jax.grad(diff)(params)
-    scale = jnp.asarray(scale, x.dtype)
-    return jax.tree.map(lambda t: scale * t, g)
+    return energy.param_grad_difference(params, x, tuple(state_a), tuple(state_b), scale)
