@@ -55,7 +55,8 @@ from ep_jax.optim import per_layer_sgd  # noqa: E402
 from ep_jax.rules import Phases, get_rule  # noqa: E402
 from ep_jax.solvers import GradientDescent  # noqa: E402
 
-MNIST_DIR = Path("/work/shared/data/mnist")
+# The offline MNIST test set lives in ../shared/data beside the repository (see its README).
+MNIST_DIR = Path(os.environ.get("EP_JAX_MNIST_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
 MNIST_IMAGES = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 MNIST_LABELS = MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
 
