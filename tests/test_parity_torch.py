@@ -16,7 +16,6 @@ Documented differences (the seeds' bugs, which the library does not reproduce):
 import gzip
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

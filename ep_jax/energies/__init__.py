@@ -21,3 +21,8 @@ def make_energy(name: str, sizes, **kwargs) -> LayeredEnergy:
     except KeyError:
         raise ValueError(f"energy: expected one of {sorted(ENERGIES)}, received {name!r}") from None
     return factory(sizes, **kwargs)
+
+__all__ = [
+    "ENERGIES", "ConditionalGaussian", "Hopfield", "LayeredEnergy", "Params", "State", "StateInit",
+    "conditional_gaussian", "hopfield", "layer_name", "make_energy", "restricted_hopfield",
+]

@@ -13,12 +13,11 @@ dict per connection, named like Flax's ``Dense`` so optax labels and checkpoints
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence, Union
+from typing import Union
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from jaxtyping import Array, Float
 
 from ep_jax.activations import Activation, get_activation
 

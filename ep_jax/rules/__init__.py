@@ -22,3 +22,8 @@ def get_rule(name: str):
         return RULES[name]
     except KeyError:
         raise ValueError(f"rule: expected one of {sorted(RULES)}, received {name!r}") from None
+
+__all__ = [
+    "RULES", "Phases", "RuleResult", "energy_grad_difference", "ep_gradient", "free_phase",
+    "get_rule", "nudged_phase",
+]

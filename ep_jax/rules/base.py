@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from ep_jax.costs import Cost, squared_error
 from ep_jax.energies.base import LayeredEnergy, Params, State

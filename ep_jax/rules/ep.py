@@ -16,7 +16,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from ep_jax.energies.base import LayeredEnergy, Params, State, StateInit
+from ep_jax.energies.base import LayeredEnergy, Params, StateInit
 from ep_jax.rules.base import Phases, RuleResult, energy_grad_difference
 from ep_jax.solvers import relax
 
