@@ -43,6 +43,26 @@ class GradcheckConfig:
     cost: str = "squared_error"
 
 
+def random_problem(energy, key, *, batch=5, dtype=jnp.float64, weight_scale=0.5, bias_range=(0.3, 0.7)):
+    """Params, inputs x ~ U[0, 1) and labels for a random net in a non-saturated regime.
+
+    Kernels are Glorot-uniform times ``weight_scale``; biases are U(``bias_range``).
+    """
+    k_p, k_b, k_x, k_y = jax.random.split(key, 4)
+    params = energy.init_params(k_p, dtype)
+    bias_keys = jax.random.split(k_b, len(params))
+    params = {
+        name: {
+            "kernel": weight_scale * p["kernel"],
+            "bias": jax.random.uniform(bk, p["bias"].shape, dtype, *bias_range),
+        }
+        for bk, (name, p) in zip(bias_keys, sorted(params.items()))
+    }
+    x = jax.random.uniform(k_x, (batch, energy.sizes[0]), dtype)
+    y = jax.random.randint(k_y, (batch,), 0, energy.sizes[-1])
+    return params, x, y
+
+
 def gradcheck(cfg: GradcheckConfig) -> dict:
     """Runs the check described in the module docstring and returns a JSON-able dict."""
     from ep_jax.costs import get_cost
@@ -57,18 +77,11 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
     cost = get_cost(cfg.cost)
 
     energy = make_energy(cfg.energy, cfg.sizes, activation=cfg.activation)
-    k_p, k_b, k_x, k_y, k_rule = jax.random.split(jax.random.PRNGKey(cfg.seed), 5)
-    params = energy.init_params(k_p, dtype)
-    bias_keys = jax.random.split(k_b, len(params))
-    params = {
-        name: {
-            "kernel": cfg.weight_scale * p["kernel"],
-            "bias": jax.random.uniform(bk, p["bias"].shape, dtype, *bias_range),
-        }
-        for bk, (name, p) in zip(bias_keys, sorted(params.items()))
-    }
-    x = jax.random.uniform(k_x, (cfg.batch, cfg.sizes[0]), dtype)
-    y = jax.random.randint(k_y, (cfg.batch,), 0, cfg.sizes[-1])
+    k_problem, k_rule = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    params, x, y = random_problem(
+        energy, k_problem, batch=cfg.batch, dtype=dtype, weight_scale=cfg.weight_scale,
+        bias_range=bias_range,
+    )
 
     tight = GradientDescent(cfg.step_size, cfg.max_steps, tol=tol, project=project)
     phases = Phases(beta=cfg.beta, free=tight, nudged=tight, cost=cost)

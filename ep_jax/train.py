@@ -98,10 +98,10 @@ def train(cfg: TrainConfig, verbose: bool = True) -> dict:
     params = energy.init_params(key_p)
     ts = TrainState(params, tx.init(params), key_t, jnp.asarray(0))
     n = x.shape[0]
-    perm_key = np.random.default_rng(cfg.seed)
+    order_rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
-        order = perm_key.permutation(n)
+        order = order_rng.permutation(n)
         for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             ts, _ = train_step(ts, x[idx], y[idx])
