@@ -1,4 +1,4 @@
-"""``ep-jax``: command-line entry point (``gradcheck``, ``train``)."""
+"""``ep-jax``: command-line entry point (``train``, ``eval``, ``gradcheck``)."""
 
 from __future__ import annotations
 
@@ -60,26 +60,108 @@ def _gradcheck(args) -> int:
 
 
 def _add_train(sub):
-    from ep_jax.rules import RULES
+    import dataclasses
 
-    p = sub.add_parser("train", help="train a network (for now: XOR with EP)")
-    p.add_argument("--preset", default="xor", choices=["xor"])
-    p.add_argument("--rule", default="ep-symmetric", choices=sorted(RULES))
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    from ep_jax.config import DEFAULT_PRESET, PRESETS, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train a network from a preset (default: digits)",
+        description="Trains a preset; any config field can be overridden (--beta 0.5 --hidden "
+        "500,500). The resolved config is printed and saved in --out with metrics.jsonl, "
+        "summary.json, checkpoints and plots. Presets: " + ", ".join(sorted(PRESETS)),
+    )
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<time>)")
+    p.add_argument("--data-dir", default=None, help="offline dataset files (see ep_jax.data)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("preset", "description"):
+            continue
+        default = getattr(TrainConfig(), f.name)
+        kind = _field_parser(default)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                       help=f"(config field, preset value unless given)")
+
+
+def _field_parser(default):
+    if isinstance(default, bool):
+        return _bool
+    if isinstance(default, tuple):
+        return _floats if default and isinstance(default[0], float) else _sizes
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float) or default is None:
+        return _optional_float
+    return str
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, received {text!r}")
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, received {text!r}")
+
+
+def _optional_float(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, received {text!r}")
 
 
 def _train(args) -> int:
     import dataclasses
+    import time
 
-    from ep_jax.train import TrainConfig, train
+    from ep_jax.config import TrainConfig, get_preset
+    from ep_jax.train import replace, train
 
-    cfg = TrainConfig(rule=args.rule, seed=args.seed)
-    if args.epochs is not None:
-        cfg = dataclasses.replace(cfg, epochs=args.epochs)
-    print("config:", json.dumps(dataclasses.asdict(cfg)))
-    result = train(cfg)
-    print(f"final error: {100 * result['final_error']:.1f}%")
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name not in ("preset", "description")}
+    cfg = replace(get_preset(args.preset), **overrides)
+    out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not args.quiet:
+        print(f"config ({out}/config.json):")
+        print(cfg.to_json(), flush=True)
+    summary = train(cfg, out_dir=out, data_dir=args.data_dir, resume=args.resume, quiet=args.quiet)
+    summary.pop("state")
+    if args.quiet:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"{cfg.preset}: test error {100 * summary['test_error']:.2f}% "
+            f"(best {100 * summary['best_test_error']:.2f}% at epoch {summary['best_epoch']}), "
+            f"{summary['epochs']} epochs in {summary['wall_s']:.1f} s"
+        )
+        print(f"run directory: {out} (summary.json, metrics.jsonl, config.json, checkpoints/)")
+        for path in summary.get("plots", []):
+            print(f"plot: {path}")
+    return 0
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on its test split")
+    p.add_argument("--checkpoint", required=True, help="a run directory written by ep-jax train")
+    p.add_argument("--epoch", type=int, default=None, help="default: the latest checkpoint")
+    p.add_argument("--data-dir", default=None)
+
+
+def _eval(args) -> int:
+    from ep_jax.train import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, epoch=args.epoch)))
     return 0
 
 
@@ -88,8 +170,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_gradcheck(sub)
     _add_train(sub)
+    _add_eval(sub)
     args = parser.parse_args(argv)
-    return {"gradcheck": _gradcheck, "train": _train}[args.command](args)
+    return {"gradcheck": _gradcheck, "train": _train, "eval": _eval}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,42 @@ def per_layer(make: Callable[[float], optax.GradientTransformation], rates: Sequ
 def per_layer_sgd(rates: Sequence[float]) -> optax.GradientTransformation:
     """Plain SGD with one learning rate per layer (seeds 000, 001, 003)."""
     return per_layer(optax.sgd, rates)
+
+
+OPTIMIZERS = {
+    "sgd": optax.sgd,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+}
+SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(
+    name: str,
+    rates: Sequence[float],
+    *,
+    schedule: str = "constant",
+    total_steps: int = 0,
+    grad_clip: float | None = None,
+) -> optax.GradientTransformation:
+    """Per-layer ``name`` optimizer with rates ``rates[l]``, an optional schedule and clipping.
+
+    ``schedule="cosine"`` decays every rate as eta_t = eta_l (1 + cos(pi t / T)) / 2 over
+    ``T = total_steps``; ``grad_clip`` clips the whole update to that global norm first.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, received {name!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, received {schedule!r}")
+    if schedule == "cosine" and total_steps < 1:
+        raise ValueError(f"total_steps: expected >= 1 with a cosine schedule, received {total_steps}")
+
+    def make(rate):
+        lr = optax.cosine_decay_schedule(rate, total_steps) if schedule == "cosine" else rate
+        return OPTIMIZERS[name](lr)
+
+    tx = per_layer(make, rates)
+    if grad_clip is not None:
+        tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
+    return tx

@@ -1,116 +1,376 @@
-"""A training loop of tiny jitted steps: relax, estimate the gradient, apply optax.
+"""The training loop behind ``ep-jax train``: jitted chunks of steps, evaluation, checkpoints.
 
-    state0 -> free phase -> nudged phase(s) -> grads = (dE/dtheta(nudged) - dE/dtheta(free)) / beta
-           -> updates, opt_state = tx.update(grads, opt_state) -> params
+One epoch::
 
-One ``jax.jit`` per run: the rule, energy and phase configuration are static, params, optimizer
-state and PRNG key are carried.
+    perm = permutation(fold_in(data_key, epoch), n_train)        # on device, from the seed
+    for chunk of c batches (one jitted call, a lax.scan):         # host sync once per chunk
+        for idx in chunk:  x, y = X[idx], Y[idx]                  # gathered on device
+            state, metrics = learner.train_step(state, x, y, idx, fold_in(step_key, step))
+    test metrics = learner.evaluate(state, X_test, Y_test)
+    metrics.jsonl += one row; orbax checkpoint of (state, key, epoch, step)
+
+Every random number is a function of (seed, epoch, step), so a run resumed from the checkpoint
+of epoch k computes exactly what the uninterrupted run computes after epoch k. The data live on
+device; a step never leaves it, and the chunks are padded to one fixed length (a padded step is
+skipped by ``lax.cond``) so the step compiles once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import sys
 import time
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from ep_jax import checkpoint
+from ep_jax.config import TrainConfig
 from ep_jax.costs import get_cost
-from ep_jax.energies import make_energy
-from ep_jax.optim import per_layer_sgd
-from ep_jax.rules import Phases, get_rule
-from ep_jax.solvers import GradientDescent, relax
+from ep_jax.data import Dataset, load_dataset
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """A run, as data. The defaults train XOR with symmetric EP on a 2-8-2 Hopfield net."""
-
-    dataset: str = "xor"
-    energy: str = "hopfield"
-    hidden: tuple = (8,)
-    rule: str = "ep-symmetric"
-    beta: float = 0.5
-    step_size: float = 0.5
-    free_steps: int = 40
-    nudged_steps: int = 10
-    alphas: tuple = (0.5, 0.25)
-    epochs: int = 300
-    batch_size: int = 4
-    seed: int = 0
-    cost: str = "squared_error"
+# Networks with at most this many units get a network-graph plot.
+MAX_GRAPH_UNITS = 64
 
 
 class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
+    """Everything a checkpoint holds: the learner's state, the run key, epochs and steps done."""
+
+    learner: Any
     key: jax.Array
+    epoch: jax.Array
     step: jax.Array
 
 
-def load(name: str):
-    if name == "xor":
-        from ep_jax.data import xor
+def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int):
+    """The EP or BP learner of ``cfg`` for inputs of size ``n_in`` and ``n_out`` classes."""
+    sizes = (n_in, *cfg.hidden, n_out)
+    if cfg.learner == "bp":
+        from ep_jax.backprop import BackpropLearner
 
-        return xor()
-    raise ValueError(f"dataset: expected 'xor', received {name!r}")
-
-
-def make_run(cfg: TrainConfig, n_in: int, n_out: int):
-    """Builds (energy, phases, optimizer, train_step, predict) for ``cfg``."""
-    energy = make_energy(cfg.energy, (n_in, *cfg.hidden, n_out))
-    solver = lambda steps: GradientDescent(cfg.step_size, steps, project="clip01")
-    phases = Phases(cfg.beta, solver(cfg.free_steps), solver(cfg.nudged_steps), get_cost(cfg.cost))
-    if len(cfg.alphas) != len(energy.sizes) - 1:
-        raise ValueError(
-            f"alphas: expected {len(energy.sizes) - 1} learning rates (one per layer), "
-            f"received {len(cfg.alphas)}"
+        return BackpropLearner(
+            sizes=sizes, activation=cfg.bp_activation, optimizer=cfg.bp_optimizer,
+            learning_rate=cfg.bp_learning_rate, weight_decay=cfg.bp_weight_decay,
+            schedule=cfg.bp_schedule, total_steps=total_steps, grad_clip=cfg.bp_grad_clip,
+            loss=cfg.bp_loss,
         )
-    tx = per_layer_sgd(cfg.alphas)
-    rule = get_rule(cfg.rule)
+    from ep_jax.energies import make_energy
+    from ep_jax.learner import EPLearner
+    from ep_jax.optim import make_optimizer
+    from ep_jax.rules import Phases
+    from ep_jax.solvers import GradientDescent
+
+    energy = make_energy(cfg.energy, sizes, activation=cfg.activation)
+    project = "clip01" if cfg.activation == "hard_sigmoid" else None
+
+    def solver(steps, tol=None):
+        return GradientDescent(cfg.step_size, steps, tol=tol, project=project)
+
+    phases = Phases(cfg.beta, solver(cfg.free_steps), solver(cfg.nudged_steps), get_cost(cfg.cost))
+    tx = make_optimizer(
+        cfg.optimizer, cfg.alphas, schedule=cfg.schedule, total_steps=total_steps,
+        grad_clip=cfg.grad_clip,
+    )
+    return EPLearner(
+        energy=energy, rule=cfg.rule, phases=phases, tx=tx,
+        eval_solver=solver(cfg.eval_max_steps, cfg.eval_tol), persistent=cfg.persistent,
+        state_init=cfg.state_init,
+    )
+
+
+def chunk_layout(n_batches: int, log_every: int) -> tuple[int, int]:
+    """(chunk length, chunks per epoch): ``log_every`` host syncs per epoch, the last one padded."""
+    length = math.ceil(n_batches / min(log_every, n_batches))
+    return length, math.ceil(n_batches / length)
+
+
+def make_epoch_fns(learner, n_train: int, batch_size: int, log_every: int):
+    """Jitted ``batches(data_key, epoch)`` and ``run_chunk(ts, X, Y, idx, valid, step_key)``."""
+    n_batches = n_train // batch_size
+    length, n_chunks = chunk_layout(n_batches, log_every)
+    pad = length * n_chunks - n_batches
 
     @jax.jit
-    def train_step(ts: TrainState, x, y):
-        key, sub = jax.random.split(ts.key)
-        grads, res = rule(energy, ts.params, x, y, "zeros", phases=phases, key=sub)
-        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        return TrainState(params, opt_state, key, ts.step + 1), res.free_stats
+    def batches(data_key, epoch):
+        perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)
+        idx = perm[: n_batches * batch_size].reshape(n_batches, batch_size).astype(jnp.int32)
+        idx = jnp.concatenate([idx, jnp.zeros((pad, batch_size), jnp.int32)])
+        valid = jnp.arange(n_batches + pad) < n_batches
+        return idx.reshape(n_chunks, length, batch_size), valid.reshape(n_chunks, length)
 
-    @jax.jit
-    def predict(params, x):
-        s, stats = relax(energy, params, x, energy.zeros_state(x), solver=phases.free)
-        return jnp.argmax(s[-1], axis=-1), stats
+    def run_chunk(ls, step, X, Y, idx_chunk, valid, step_key):
+        def body(carry, inp):
+            ls, step = carry
+            idx, ok = inp
 
-    return energy, tx, train_step, predict
+            def do(ls):
+                key = jax.random.fold_in(step_key, step)
+                return learner.train_step(ls, X[idx], Y[idx], idx, key)
+
+            def skip(ls):
+                return ls, jax.tree.map(jnp.zeros_like, jax.eval_shape(do, ls)[1])
+
+            ls, metrics = jax.lax.cond(ok, do, skip, ls)
+            return (ls, step + ok.astype(step.dtype)), metrics
+
+        (ls, step), metrics = jax.lax.scan(body, (ls, step), (idx_chunk, valid))
+        return ls, step, jax.tree.map(jnp.sum, metrics)
+
+    return batches, jax.jit(run_chunk, donate_argnums=(0,)), n_batches, length, n_chunks
 
 
-def train(cfg: TrainConfig, verbose: bool = True) -> dict:
-    """Trains ``cfg``; returns ``{"final_error", "wall_s", "epochs", "sizes", "params"}``."""
-    x_np, y_np = load(cfg.dataset)
-    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
-    n_out = int(y_np.max()) + 1
-    energy, tx, train_step, predict = make_run(cfg, x.shape[1], n_out)
-    key_p, key_t = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = energy.init_params(key_p)
-    ts = TrainState(params, tx.init(params), key_t, jnp.asarray(0))
-    n = x.shape[0]
-    order_rng = np.random.default_rng(cfg.seed)
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        order = order_rng.permutation(n)
-        for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            ts, _ = train_step(ts, x[idx], y[idx])
-    pred, stats = predict(ts.params, x)
-    error = float(jnp.mean(pred != y))
-    wall = time.perf_counter() - t0
-    if verbose:
-        print(f"{cfg.dataset}: {cfg.rule} on {energy.sizes}, {cfg.epochs} epochs, {wall:.1f} s")
-    return {
-        "final_error": error, "wall_s": wall, "epochs": cfg.epochs, "sizes": list(energy.sizes),
-        "params": ts.params,
+def _device_name() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '')}".rstrip(":")
+
+
+def _to_float(tree) -> dict:
+    return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+class Run:
+    """A training run: data, learner, jitted functions and output directory."""
+
+    def __init__(self, cfg: TrainConfig, data: Optional[Dataset] = None, data_dir=None):
+        self.cfg = cfg
+        self.data = data if data is not None else load_dataset(cfg.dataset, data_dir)
+        d = self.data
+        self.n_train = d.x_train.shape[0]
+        if self.n_train < cfg.batch_size:
+            raise ValueError(
+                f"batch_size: expected <= the {self.n_train} training examples of "
+                f"{cfg.dataset!r}, received {cfg.batch_size}"
+            )
+        self.X, self.Y = jnp.asarray(d.x_train), jnp.asarray(d.y_train, jnp.int32)
+        self.Xt, self.Yt = jnp.asarray(d.x_test), jnp.asarray(d.y_test, jnp.int32)
+        n_batches = self.n_train // cfg.batch_size
+        self.learner = build_learner(cfg, d.x_train.shape[1], d.num_classes, cfg.epochs * n_batches)
+        (self.batches, self.run_chunk, self.n_batches, self.chunk_len,
+         self.n_chunks) = make_epoch_fns(
+            self.learner, self.n_train, cfg.batch_size, cfg.log_every
+        )
+        self.evaluate = jax.jit(self.learner.evaluate)
+        root = jax.random.PRNGKey(cfg.seed)
+        self.init_key, self.step_key, self.data_key = jax.random.split(root, 3)
+
+    def init_state(self) -> TrainState:
+        ls = self.learner.init(self.init_key, self.n_train)
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(ls, self.step_key, zero, zero)
+
+    def train_epoch(self, ts: TrainState, on_chunk=None) -> tuple[TrainState, dict]:
+        idx, valid = self.batches(self.data_key, ts.epoch)
+        ls, step = ts.learner, ts.step
+        sums = None
+        for c in range(self.n_chunks):
+            ls, step, m = self.run_chunk(ls, step, self.X, self.Y, idx[c], valid[c], ts.key)
+            sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+            if on_chunk is not None:
+                on_chunk(c, sums)
+        means = {k: v / self.n_batches for k, v in _to_float(sums).items()}
+        bad = sorted(k for k, v in means.items() if not math.isfinite(v))
+        if bad:
+            raise FloatingPointError(
+                f"training diverged in epoch {int(ts.epoch) + 1}: non-finite {bad}; "
+                "lower the step size or the learning rates"
+            )
+        return TrainState(ls, ts.key, ts.epoch + 1, step), means
+
+    def test_metrics(self, ts: TrainState) -> dict:
+        return _to_float(self.evaluate(ts.learner, self.Xt, self.Yt))
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    out_dir=None,
+    data_dir=None,
+    resume: bool = False,
+    quiet: bool = False,
+    data: Optional[Dataset] = None,
+    plots: bool = True,
+) -> dict:
+    """Trains ``cfg``, writing config.json, metrics.jsonl, checkpoints, plots and summary.json.
+
+    Args:
+      cfg: the run's configuration (a preset with overrides).
+      out_dir: the run directory; ``None`` writes nothing (no checkpoints, metrics or plots).
+      data_dir: where offline dataset files are (see ``ep_jax.data.load_dataset``).
+      resume: continue from the latest checkpoint in ``out_dir``.
+      quiet: no progress bar and no per-epoch lines.
+      data: a ``Dataset`` to use instead of loading ``cfg.dataset``.
+      plots: write the PNG plots at the end.
+
+    Returns:
+      The summary dict (also ``summary.json``): final/best test error (fractions), epochs,
+      wall time, samples/s, ...; plus ``"state"``, the final ``TrainState`` (not saved).
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else None
+    run = Run(cfg, data=data, data_dir=data_dir)
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    config = json.loads(cfg.to_json())
+    ts = run.init_state()
+    rows: list[dict] = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            epoch = checkpoint.latest_epoch(out)
+            if epoch is None:
+                raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+            checkpoint.check_config(out, config)
+            ts = checkpoint.restore(out, epoch, ts)
+            rows = _read_metrics(out / "metrics.jsonl", epoch)
+            log(f"resumed from {out / 'checkpoints' / str(epoch)} (epoch {epoch}, step {int(ts.step)})")
+        elif checkpoint.latest_epoch(out) is not None:
+            raise checkpoint.CheckpointError(
+                f"{out} already holds checkpoints: pass --resume to continue that run or choose "
+                "another --out"
+            )
+        (out / "config.json").write_text(cfg.to_json() + "\n")
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    start_epoch = int(ts.epoch)
+    bar = None
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=(cfg.epochs - start_epoch) * run.n_batches, unit="batch", file=sys.stderr,
+            desc=cfg.preset, dynamic_ncols=True,
+        )
+    samples, run_wall = 0, 0.0
+    train_wall = sum(r["epoch_wall_s"] for r in rows)
+    for _ in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        done = [0]
+
+        def on_chunk(c, sums, done=done):
+            if bar is None:
+                return
+            n = min((c + 1) * run.chunk_len, run.n_batches)
+            bar.update(n - done[0])
+            done[0] = n
+            bar.set_postfix(epoch=int(ts.epoch) + 1, err=f"{100 * float(sums['error']) / n:.2f}%")
+
+        ts, train_m = run.train_epoch(ts, on_chunk)
+        epoch = int(ts.epoch)
+        row = {"epoch": epoch, "step": int(ts.step)}
+        row.update({f"train_{k}": v for k, v in train_m.items()})
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            row.update({f"test_{k}": v for k, v in run.test_metrics(ts).items()})
+        wall = time.perf_counter() - t0
+        train_wall += wall
+        run_wall += wall
+        samples += run.n_batches * cfg.batch_size
+        row.update(epoch_wall_s=wall, samples_per_s=run.n_batches * cfg.batch_size / wall)
+        rows.append(row)
+        if out is not None:
+            # Checkpoint first: a metrics row implies its epoch's checkpoint exists.
+            if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+                checkpoint.save(out, epoch, ts)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if bar is not None:
+            test = row.get("test_error")
+            bar.write(
+                f"epoch {epoch:3d}  train error {100 * row['train_error']:6.2f}%"
+                + (f"  test error {100 * test:6.2f}%" if test is not None else "")
+                + f"  {wall:5.2f} s"
+            )
+    if bar is not None:
+        bar.close()
+
+    if not rows or "test_error" not in rows[-1]:
+        rows.append({"epoch": int(ts.epoch), **{f"test_{k}": v for k, v in run.test_metrics(ts).items()}})
+    tested = [r for r in rows if "test_error" in r]
+    best = min(tested, key=lambda r: r["test_error"])
+    summary = {
+        "preset": cfg.preset,
+        "learner": cfg.learner,
+        "rule": cfg.rule if cfg.learner == "ep" else "backprop",
+        "dataset": cfg.dataset,
+        "sizes": [run.data.x_train.shape[1], *cfg.hidden, run.data.num_classes],
+        "n_train": run.n_train,
+        "n_test": int(run.Xt.shape[0]),
+        "epochs": int(ts.epoch),
+        "steps": int(ts.step),
+        "test_error": rows[-1]["test_error"],
+        "best_test_error": best["test_error"],
+        "best_epoch": best["epoch"],
+        "train_error": rows[-1].get("train_error"),
+        "wall_s": time.perf_counter() - t_start,
+        "train_wall_s": train_wall,
+        "samples_per_s": samples / run_wall if samples else None,
+        "device": _device_name(),
+        "jax": jax.__version__,
+        "resumed_from_epoch": start_epoch if resume else None,
     }
+    if out is not None:
+        if plots:
+            summary["plots"] = [str(p) for p in write_plots(run, ts, rows, out)]
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["state"] = ts
+    return summary
+
+
+def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[Path]:
+    """curves.png (energy, cost, error), weights.png (first-layer tiles), network.png (small nets)."""
+    from ep_jax import plots
+
+    params = jax.device_get(run.learner.params(ts.learner))
+    paths = [plots.plot_curves(rows, out / "curves.png", title=run.cfg.preset)]
+    shape = run.data.image_shape
+    if shape is not None:
+        kernel = np.asarray(params["layer_0"]["kernel"])
+        paths.append(plots.plot_weight_tiles(kernel, shape, out / "weights.png",
+                                             title=f"{run.cfg.preset}: first-layer weights"))
+    if sum((run.data.x_train.shape[1], *run.cfg.hidden, run.data.num_classes)) <= MAX_GRAPH_UNITS:
+        acts = None
+        if run.cfg.learner == "ep":
+            x0 = run.Xt[:1]
+            s0 = run.learner.energy.init_state(params, x0, run.learner.state_init)
+            from ep_jax.solvers import relax
+
+            s, _ = relax(run.learner.energy, params, x0, s0, solver=run.learner.eval_solver)
+            acts = [np.asarray(a[0]) for a in (x0, *s)]
+        paths.append(plots.plot_network(params, out / "network.png", activations=acts,
+                                        title=f"{run.cfg.preset}: first test example"))
+    return paths
+
+
+def evaluate_checkpoint(run_dir, *, data_dir=None, epoch: Optional[int] = None) -> dict:
+    """``ep-jax eval``: restores a run's checkpoint and evaluates it on the test split."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise checkpoint.CheckpointError(f"{path}: missing; --checkpoint expects a run directory")
+    try:
+        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"{path}: not a valid run config ({err})") from err
+    run = Run(cfg, data_dir=data_dir)
+    if epoch is None:
+        epoch = checkpoint.latest_epoch(run_dir)
+        if epoch is None:
+            raise checkpoint.CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    ts = checkpoint.restore(run_dir, epoch, run.init_state())
+    return {"checkpoint": str(run_dir / "checkpoints" / str(epoch)), "epoch": int(ts.epoch),
+            **{f"test_{k}": v for k, v in run.test_metrics(ts).items()}}
+
+
+def replace(cfg: TrainConfig, **overrides) -> TrainConfig:
+    """``dataclasses.replace`` that ignores ``None`` values (unset command-line options)."""
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
