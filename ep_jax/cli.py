@@ -172,7 +172,15 @@ def main(argv=None) -> int:
     _add_train(sub)
     _add_eval(sub)
     args = parser.parse_args(argv)
-    return {"gradcheck": _gradcheck, "train": _train, "eval": _eval}[args.command](args)
+    from ep_jax.checkpoint import CheckpointError
+    from ep_jax.solvers import RelaxationError
+
+    try:
+        return {"gradcheck": _gradcheck, "train": _train, "eval": _eval}[args.command](args)
+    except (ValueError, FileNotFoundError, CheckpointError, RelaxationError, FloatingPointError) as err:
+        # Bad input and missing files are the user's to fix: one clear line, no traceback.
+        print(f"ep-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

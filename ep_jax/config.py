@@ -157,13 +157,17 @@ _XOR = TrainConfig(
     eval_every=50, checkpoint_every=100,
 )
 
+# Scellier & Bengio's rates (0.1, 0.05) were set for 50,000 images x 25 epochs; MNIST-10k gives
+# 6.25x fewer updates. Doubled rates were selected on a validation split of the 8,000 training
+# images (benchmarks/tune_ep_mnist10k.py: 2.50% vs 3.35% validation error).
 _MNIST10K = TrainConfig(
     preset="mnist10k",
     description="Scellier & Bengio 2017, 1 hidden layer (784-500-10) on MNIST-10k "
-    "(first 8000 of the official test set for training, last 2000 for testing)",
+    "(first 8000 of the official test set for training, last 2000 for testing); the paper's "
+    "learning rates doubled (selected on validation) for the 6.25x smaller training set",
     dataset="mnist10k", hidden=(500,), epochs=25, batch_size=20,
     rule="ep-random-sign", beta=0.5, step_size=0.5, free_steps=20, nudged_steps=4,
-    alphas=(0.1, 0.05),
+    alphas=(0.2, 0.1),
 )
 
 # Scellier & Bengio 2017 (their train_model.py): on the official 60k/10k split via tfds.
