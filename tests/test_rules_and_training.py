@@ -10,7 +10,8 @@ from ep_jax.energies import hopfield
 from ep_jax.optim import per_layer_sgd
 from ep_jax.rules import RULES, Phases, get_rule
 from ep_jax.solvers import FixedPoint, GradientDescent
-from ep_jax.train import TrainConfig, train
+from ep_jax.config import get_preset
+from ep_jax.train import train
 from tests.conftest import assert_tree_close, random_net
 
 
@@ -92,14 +93,16 @@ def test_ep_descends_the_cost(net):
     assert loss(params) < 0.8 * before
 
 
-def test_xor_training_solves_xor_and_is_deterministic():
-    cfg = TrainConfig(epochs=300)
-    a, b = train(cfg, verbose=False), train(cfg, verbose=False)
-    assert a["final_error"] == 0.0
-    for u, v in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+def test_xor_preset_solves_xor_and_is_deterministic():
+    cfg = get_preset("xor")
+    a, b = train(cfg, quiet=True), train(cfg, quiet=True)
+    assert a["test_error"] == 0.0
+    for u, v in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])):
         np.testing.assert_array_equal(u, v)
 
 
-def test_cli_train_prints_final_error(capsys):
-    assert main(["train", "--epochs", "300"]) == 0
-    assert "final error: 0.0%" in capsys.readouterr().out
+def test_cli_train_prints_the_final_error_and_the_plots(capsys, tmp_path):
+    assert main(["train", "--preset", "xor", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "xor: test error 0.00%" in out
+    assert f"plot: {tmp_path / 'curves.png'}" in out
