@@ -48,7 +48,7 @@ class TrainConfig:
       grad_clip: clip the EP update to this global norm (``None``: no clipping).
 
       bp_activation, bp_optimizer, bp_learning_rate, bp_weight_decay, bp_schedule, bp_loss,
-      bp_grad_clip: the backprop twin's hyper-parameters (see ``ep_jax.backprop``).
+      bp_grad_clip, bp_dropout: the backprop twin's hyper-parameters (see ``ep_jax.backprop``).
 
       eval_every: evaluate on the test split every this many epochs (and always at the end).
       checkpoint_every: save an orbax checkpoint every this many epochs (0: never).
@@ -89,6 +89,7 @@ class TrainConfig:
     bp_schedule: str = "constant"
     bp_loss: str = "cross_entropy"
     bp_grad_clip: Optional[float] = None
+    bp_dropout: float = 0.0
 
     eval_every: int = 1
     checkpoint_every: int = 1
@@ -138,8 +139,8 @@ def _twin(cfg: TrainConfig, **bp) -> TrainConfig:
 
 # The BP twins' hyper-parameters were selected on a validation split carved out of the training
 # set (benchmarks/tune_bp_mnist10k.py; results in benchmarks/results/bp_mnist10k_tuning.md).
-_BP_MNIST = dict(bp_activation="relu", bp_optimizer="adam", bp_learning_rate=1e-3,
-                 bp_weight_decay=0.0, bp_schedule="cosine", bp_loss="cross_entropy")
+_BP_MNIST = dict(bp_activation="relu", bp_optimizer="adam", bp_learning_rate=3e-3,
+                 bp_weight_decay=0.0, bp_schedule="cosine", bp_loss="cross_entropy", bp_dropout=0.2)
 
 _DIGITS = TrainConfig(
     preset="digits",

@@ -57,7 +57,7 @@ def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int):
             sizes=sizes, activation=cfg.bp_activation, optimizer=cfg.bp_optimizer,
             learning_rate=cfg.bp_learning_rate, weight_decay=cfg.bp_weight_decay,
             schedule=cfg.bp_schedule, total_steps=total_steps, grad_clip=cfg.bp_grad_clip,
-            loss=cfg.bp_loss,
+            loss=cfg.bp_loss, dropout=cfg.bp_dropout,
         )
     from ep_jax.energies import make_energy
     from ep_jax.learner import EPLearner

@@ -78,7 +78,7 @@ def reference_loss(params, x, y, activation, loss):
 def test_update_is_exact_gradient_float64(activation, fn, loss):
     x, y = blobs(n=10, dtype=np.float64)
     learner = BackpropLearner((6, 5, 4, 3), activation=activation, optimizer="sgd", learning_rate=1.0,
-                              schedule="constant", loss=loss, param_dtype="float64")
+                              schedule="constant", loss=loss, dropout=0.0, param_dtype="float64")
     state = learner.init(jax.random.PRNGKey(1), 10)
     # non-zero biases so they enter the gradient nontrivially
     params = jax.tree.map(lambda p: p + 0.1 * jnp.ones_like(p), state.params)
@@ -96,7 +96,8 @@ def test_momentum_and_weight_decay_follow_the_documented_update():
     x, y = blobs(n=8, dtype=np.float64)
     lr, mu, wd = 0.1, 0.9, 0.01
     learner = BackpropLearner((6, 4, 3), activation="tanh", optimizer="momentum", learning_rate=lr,
-                              momentum=mu, weight_decay=wd, schedule="constant", param_dtype="float64")
+                              momentum=mu, weight_decay=wd, schedule="constant", dropout=0.0,
+                              param_dtype="float64")
     state = learner.init(jax.random.PRNGKey(2), 8)
     p0 = state.params
     m_buf = jax.tree.map(jnp.zeros_like, p0)
@@ -113,7 +114,8 @@ def test_momentum_and_weight_decay_follow_the_documented_update():
 
 def test_cosine_schedule_decays_to_zero():
     x, y = blobs(n=8)
-    learner = BackpropLearner((6, 4, 3), optimizer="sgd", learning_rate=0.1, schedule="cosine", total_steps=3)
+    learner = BackpropLearner((6, 4, 3), optimizer="sgd", learning_rate=0.1, schedule="cosine", total_steps=3,
+                              dropout=0.0)
     state = learner.init(jax.random.PRNGKey(0), 8)
     state, _ = run_steps(learner, state, x, y, 3)
     before = state.params
@@ -190,7 +192,7 @@ def test_jitted_train_step_compiles_once():
     state = learner.init(jax.random.PRNGKey(0), 60)
     for b in range(3):
         sl = slice(20 * b, 20 * (b + 1))
-        state, m = jstep(state, x[sl], y[sl], jnp.arange(20 * b, 20 * (b + 1)), jax.random.PRNGKey(b))
+        state, _ = jstep(state, x[sl], y[sl], jnp.arange(20 * b, 20 * (b + 1)), jax.random.PRNGKey(b))
     assert len(traces) == 1
     # the learner is hashable, so it can also be a static argument
     assert hash(learner) == hash(dataclasses.replace(learner))
