@@ -18,7 +18,11 @@ from ep_jax.energies import (
     restricted_hopfield,
 )
 from ep_jax.exact import bptt_gradient, compare, implicit_gradient
-from ep_jax.optim import per_layer, per_layer_sgd
+from ep_jax.backprop import BackpropLearner
+from ep_jax.config import PRESETS, TrainConfig, get_preset
+from ep_jax.data import DATASETS, Dataset, load_dataset
+from ep_jax.learner import EPLearner
+from ep_jax.optim import make_optimizer, per_layer, per_layer_sgd
 from ep_jax.rules import RULES, Phases, RuleResult, energy_grad_difference, ep_gradient, free_phase, get_rule, nudged_phase
 from ep_jax.solvers import (
     FixedPoint,
@@ -29,10 +33,14 @@ from ep_jax.solvers import (
     relax,
 )
 
+from ep_jax.train import evaluate_checkpoint, train
+
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "COSTS", "ENERGIES", "RULES",
+    "ACTIVATIONS", "COSTS", "DATASETS", "ENERGIES", "PRESETS", "RULES",
+    "BackpropLearner", "Dataset", "EPLearner", "TrainConfig", "evaluate_checkpoint", "get_preset",
+    "load_dataset", "make_optimizer", "train",
     "ConditionalGaussian", "FixedPoint", "GradientDescent", "Hopfield", "LayeredEnergy", "Phases",
     "RelaxStats", "RelaxationError", "RuleResult",
     "bptt_gradient", "check_stats", "compare", "conditional_gaussian", "cross_entropy",

@@ -168,7 +168,7 @@ _MNIST10K = TrainConfig(
     "learning rates doubled (selected on validation) for the 6.25x smaller training set",
     dataset="mnist10k", hidden=(500,), epochs=25, batch_size=20,
     rule="ep-random-sign", beta=0.5, step_size=0.5, free_steps=20, nudged_steps=4,
-    alphas=(0.2, 0.1),
+    alphas=(0.2, 0.1), eval_max_steps=50, log_every=4,
 )
 
 # Scellier & Bengio 2017 (their train_model.py): on the official 60k/10k split via tfds.

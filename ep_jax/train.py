@@ -115,7 +115,8 @@ def make_epoch_fns(learner, n_train: int, batch_size: int, log_every: int):
             def skip(ls):
                 return ls, jax.tree.map(jnp.zeros_like, jax.eval_shape(do, ls)[1])
 
-            ls, metrics = jax.lax.cond(ok, do, skip, ls)
+            # Only a padded chunk pays for the cond (it can force copies of the carried state).
+            ls, metrics = jax.lax.cond(ok, do, skip, ls) if pad else do(ls)
             return (ls, step + ok.astype(step.dtype)), metrics
 
         (ls, step), metrics = jax.lax.scan(body, (ls, step), (idx_chunk, valid))
