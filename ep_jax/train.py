@@ -167,7 +167,8 @@ class Run:
         self.init_key, self.step_key, self.data_key = jax.random.split(root, 3)
 
     def init_state(self) -> TrainState:
-        ls = self.learner.init(self.init_key, self.n_train)
+        # One compiled init instead of a compile per eager initializer op (~1 s for 784-500-10).
+        ls = jax.jit(self.learner.init, static_argnums=1)(self.init_key, self.n_train)
         zero = jnp.zeros((), jnp.int32)
         return TrainState(ls, self.step_key, zero, zero)
 
