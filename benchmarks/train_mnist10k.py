@@ -103,6 +103,7 @@ def main(argv=None) -> int:
                    "dtype": "float32"},
         "seeds": seeds,
         "ep": {"test_error": stats(ep, "test_error"), "wall_s": stats(ep, "wall_s"),
+               "train_wall_s": stats(ep, "train_wall_s"),
                "process_wall_s": stats(ep, "process_wall_s"), "runs": ep},
         "bp": {"test_error": stats(bp, "test_error"), "wall_s": stats(bp, "wall_s"), "runs": bp},
         "torch_seed001_reference": ref,
@@ -118,19 +119,22 @@ def main(argv=None) -> int:
         "784-500-10, batch 20, 25 epochs (10,000 steps), 20 free / 4 nudged steps, float32; "
         "train = first 8,000 images of the official MNIST test file, test = last 2,000.",
         "",
-        "| run | test error % (mean ± std over seeds) | per seed | wall s (compile incl.) |",
-        "| --- | --- | --- | --- |",
+        "| run | test error % (mean ± std over seeds) | per seed | 25 epochs s (compile, eval, checkpoints incl.) | whole run s |",
+        "| --- | --- | --- | --- | --- |",
         f"| EP `mnist10k` | {100 * e['test_error']['mean']:.2f} ± {100 * e['test_error']['std']:.2f} | "
         + ", ".join(f"{100 * v:.2f}" for v in e["test_error"]["values"])
-        + f" | {e['wall_s']['mean']:.1f} (min {min(e['wall_s']['values']):.1f}; process {e['process_wall_s']['mean']:.1f}) |",
+        + f" | {e['train_wall_s']['mean']:.1f} (min {min(e['train_wall_s']['values']):.1f})"
+        + f" | {e['wall_s']['mean']:.1f} (process {e['process_wall_s']['mean']:.1f}) |",
         f"| BP `bp-mnist10k` | {100 * b['test_error']['mean']:.2f} ± {100 * b['test_error']['std']:.2f} | "
         + ", ".join(f"{100 * v:.2f}" for v in b["test_error"]["values"])
-        + f" | {b['wall_s']['mean']:.1f} |",
+        + f" | {statistics.mean(r['train_wall_s'] for r in bp):.1f} | {b['wall_s']['mean']:.1f} |",
         f"| seed 001 PyTorch loop body, extrapolated from {ref['batches_timed']} steps | – | – | "
-        f"{ref['extrapolated_25_epochs_s']:.0f} (training only) |",
+        f"{ref['extrapolated_25_epochs_s']:.0f} (training only) | – |",
         "",
         f"EP minus BP: {100 * (e['test_error']['mean'] - b['test_error']['mean']):+.2f} points. "
-        f"Speed-up of the whole EP run over the PyTorch training loop alone: {result['speedup_vs_torch']:.0f}x.",
+        f"Speed-up of the whole EP run over the PyTorch training loop alone: {result['speedup_vs_torch']:.0f}x. "
+        "'Whole run' adds data loading, parameter init, the final plots and the summary; 'process' "
+        "adds the Python and JAX imports.",
         "",
     ]
     stem.with_suffix(".md").write_text("\n".join(lines))
