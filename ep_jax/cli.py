@@ -82,7 +82,7 @@ def _add_train(sub):
         default = getattr(TrainConfig(), f.name)
         kind = _field_parser(default)
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                       help=f"(config field, preset value unless given)")
+                       help="(config field, preset value unless given)")
 
 
 def _field_parser(default):

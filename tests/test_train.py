@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -218,3 +217,21 @@ def test_default_preset_is_digits_and_learns_in_a_few_epochs(tmp_path):
     s = train(cfg, out_dir=tmp_path, quiet=True)
     assert s["test_error"] < 0.08, s  # 30 epochs: 2.8% (README)
     assert (tmp_path / "weights.png").exists()  # 8x8 first-layer tiles
+
+
+@pytest.mark.parametrize("preset", ["scellier2017-mnist-2h", "bp-scellier2017-mnist-1h"])
+def test_full_mnist_presets_run_from_raw_files_in_data_dir(tmp_path, preset):
+    """The full-MNIST presets read tfds' raw idx files from --data-dir (tiny generated ones)."""
+    from tests.test_data import write_idx
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "mnist").mkdir()
+    for split, n in (("train", 40), ("t10k", 20)):
+        write_idx(tmp_path / "mnist" / f"{split}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(tmp_path / "mnist" / f"{split}-labels-idx1-ubyte.gz",
+                  rng.integers(0, 10, n, dtype=np.uint8))
+    cfg = dataclasses.replace(get_preset(preset), epochs=1, free_steps=5)
+    s = train(cfg, data_dir=tmp_path, out_dir=tmp_path / "run", quiet=True)
+    assert (s["n_train"], s["n_test"], s["epochs"]) == (40, 20, 1)
+    assert s["sizes"][0] == 784 and (tmp_path / "run" / "weights.png").exists()
