@@ -166,6 +166,7 @@ def relax(
     beta: Union[float, jax.Array] = 0.0,
     cost: Cost = squared_error,
     solver: Solver = GradientDescent(),
+    clamp_output: Optional[jax.Array] = None,
 ) -> tuple[State, RelaxStats]:
     """Relaxes the free layers to a minimum of F = E + beta * C(s_out, target).
 
@@ -178,6 +179,8 @@ def relax(
       beta: nudging strength (may be a traced scalar; ignored when ``target`` is None).
       cost: the cost C.
       solver: ``GradientDescent`` or ``FixedPoint``.
+      clamp_output: hold the output layer at this ``(batch, n_out)`` value and relax only the
+        hidden layers (CHL's and coupled learning's clamped phases).
 
     Returns:
       ``(state, stats)``: the relaxed state and ``RelaxStats``.
@@ -192,9 +195,18 @@ def relax(
             )
     state0 = tuple(state0)
     dtype = x.dtype
+    if clamp_output is not None:
+        want = (x.shape[0], energy.sizes[-1])
+        if jnp.shape(clamp_output) != want or jnp.result_type(clamp_output) != dtype:
+            raise ValueError(
+                f"clamp_output: expected shape {want} and dtype {dtype}, received "
+                f"{jnp.shape(clamp_output)} {jnp.result_type(clamp_output)}"
+            )
+        state0 = state0[:-1] + (clamp_output,)
 
     def step(s):
-        return solver.step(energy, params, x, s, target, beta, cost)
+        new = solver.step(energy, params, x, s, target, beta, cost)
+        return new if clamp_output is None else new[:-1] + (clamp_output,)
 
     if solver.max_steps < 1:
         raise ValueError(f"max_steps: expected >= 1, received {solver.max_steps}")

@@ -6,13 +6,22 @@ Adding one: a file in this package and one line in ``RULES``.
 
 import functools
 
-from ep_jax.rules.base import Phases, RuleResult, energy_grad_difference
+from ep_jax.rules.base import Phases, RuleResult, clamped_phase, energy_grad_difference
+from ep_jax.rules.chl import chl_gradient
+from ep_jax.rules.coupled import coupled_gradient
 from ep_jax.rules.ep import ep_gradient, free_phase, nudged_phase
+from ep_jax.rules.first_step import first_step_gradient
+from ep_jax.rules.pc import pc_gradient, pc_nudge_gradient
 
 RULES = {
     "ep": functools.partial(ep_gradient, variant="one-sided"),
     "ep-random-sign": functools.partial(ep_gradient, variant="random-sign"),
     "ep-symmetric": functools.partial(ep_gradient, variant="symmetric"),
+    "chl": chl_gradient,
+    "coupled": coupled_gradient,
+    "first-step": first_step_gradient,
+    "pc": pc_gradient,
+    "pc-nudge": pc_nudge_gradient,
 }
 
 
@@ -24,6 +33,7 @@ def get_rule(name: str):
         raise ValueError(f"rule: expected one of {sorted(RULES)}, received {name!r}") from None
 
 __all__ = [
-    "RULES", "Phases", "RuleResult", "energy_grad_difference", "ep_gradient", "free_phase",
-    "get_rule", "nudged_phase",
+    "RULES", "Phases", "RuleResult", "chl_gradient", "clamped_phase", "coupled_gradient",
+    "energy_grad_difference", "ep_gradient", "first_step_gradient", "free_phase", "get_rule",
+    "nudged_phase", "pc_gradient", "pc_nudge_gradient",
 ]

@@ -59,3 +59,11 @@ def energy_grad_difference(
     ``LayeredEnergy.param_grad_difference`` (autodiff, or the energy's closed form).
     """
     return energy.param_grad_difference(params, x, tuple(state_a), tuple(state_b), scale)
+
+
+def clamped_phase(energy, params, x, clamp, state0: State, phases: Phases):
+    """Relaxes the hidden layers with the output held at ``clamp`` (``phases.nudged`` solver)."""
+    from ep_jax.solvers import relax
+
+    return relax(energy, params, x, state0, cost=phases.cost, solver=phases.nudged,
+                 clamp_output=clamp)

@@ -1,0 +1,49 @@
+"""Coupled learning (Stern et al. 2021; compared in Scellier et al. 2023).
+
+Free phase s^0; the output is then clamped part of the way to the target,
+
+    s_L^c = (1 - eta) s_L^0 + eta y,     eta = phases.beta in (0, 1],
+
+the hidden layers relax with that output held (warm-started from s^0), and the update descends
+
+    g = ( dE/dtheta(s^c) - dE/dtheta(s^0) ) / eta.
+
+At eta = 1 this is CHL. For small eta it resembles EP with the squared error but is not its
+limit (the output is moved, not nudged by a force the network can resist), so it is not the
+gradient of the cost; ``ep-jax gradcheck --rule coupled`` reports the cosine.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from ep_jax.costs import as_dense_target
+from ep_jax.energies.base import LayeredEnergy, Params, StateInit
+from ep_jax.rules.base import Phases, RuleResult, clamped_phase, energy_grad_difference
+from ep_jax.rules.ep import free_phase
+
+
+def coupled_gradient(
+    energy: LayeredEnergy,
+    params: Params,
+    x: jax.Array,
+    target: jax.Array,
+    state0: StateInit = "zeros",
+    *,
+    phases: Phases = Phases(),
+    key: Optional[jax.Array] = None,
+) -> tuple[Params, RuleResult]:
+    """Coupled-learning update with eta = ``phases.beta``."""
+    del key
+    if not 0 < phases.beta <= 1:
+        raise ValueError(f"beta: expected eta in (0, 1] for coupled learning, received {phases.beta}")
+    s0, free_stats = free_phase(energy, params, x, energy.init_state(params, x, state0), phases)
+    eta = jnp.asarray(phases.beta, x.dtype)
+    y = as_dense_target(target, energy.sizes[-1], x.dtype)
+    clamp = (1 - eta) * s0[-1] + eta * y
+    sc, clamped_stats = clamped_phase(energy, params, x, clamp, s0, phases)
+    grads = energy_grad_difference(energy, params, x, sc, s0, 1.0 / eta)
+    return grads, RuleResult(s0, sc, s0, eta, free_stats, clamped_stats, clamped_stats)
