@@ -110,6 +110,8 @@ def test_pc_starts_from_the_feedforward_equilibrium():
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_jits_with_the_library_signature(name):
     energy = hopfield((4, 3, 2)) if not name.startswith("pc") else conditional_gaussian((4, 3, 2))
+    if name == "seed000-first-step":  # the seed's formula needs every layer the output's size
+        energy = hopfield((4, 2, 2), activation="sigmoid")
     params, x, y = _problem(energy)
     solver = GradientDescent(0.1, 5)
     phases = Phases(0.5, solver, solver)
@@ -118,3 +120,26 @@ def test_every_rule_jits_with_the_library_signature(name):
     assert jax.tree.structure(grads) == jax.tree.structure(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert len(res.free_state) == 2 and res.free_stats.steps.dtype == jnp.int32
+
+
+def _gradcheck_setting(name):
+    if name.startswith("pc"):
+        return dict(PC)
+    if name.startswith("seed000-"):  # the seed's net has no energy: a smooth Hopfield stands in
+        setting = dict(energy="restricted_hopfield", activation="sigmoid", x64=True)
+        if name == "seed000-first-step":
+            setting["sizes"] = (6, 3, 3, 3)
+        return setting
+    return dict(HOPFIELD)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_gradcheck_runs_for_every_rule(name):
+    out = gradcheck(GradcheckConfig(rule=name, beta=0.1 if name != "ep-symmetric" else 1e-3,
+                                    **_gradcheck_setting(name)))
+    assert np.isfinite(out["rel_error"]) and -1 <= out["cosine"] <= 1
+    assert out["bptt_vs_implicit_rel_error"] < 1e-8
+    if name.startswith("seed000-"):
+        # Measured: cosines -0.12 .. -0.05 on this net; the seed's schemes are heuristics.
+        assert out["cosine"] < 0.9, out

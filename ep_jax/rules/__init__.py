@@ -12,6 +12,7 @@ from ep_jax.rules.coupled import coupled_gradient
 from ep_jax.rules.ep import ep_gradient, free_phase, nudged_phase
 from ep_jax.rules.first_step import first_step_gradient
 from ep_jax.rules.pc import pc_gradient, pc_nudge_gradient
+from ep_jax.rules.seed000 import SEED000_RULES
 
 RULES = {
     "ep": functools.partial(ep_gradient, variant="one-sided"),
@@ -22,6 +23,7 @@ RULES = {
     "first-step": first_step_gradient,
     "pc": pc_gradient,
     "pc-nudge": pc_nudge_gradient,
+    **SEED000_RULES,  # seed000-chl, seed000-ep, seed000-first-step, seed000-pc-nudge
 }
 
 

@@ -90,12 +90,14 @@ change max_b ||n - f_L||), ``energy`` = mean_b of ``energy(params, state, x)`` a
 state (a diagnostic only: the seed's dynamics minimise no energy, and the seed itself, with
 ``energy_fn=None``, reports E = 0), ``converged`` = the state is finite (a fixed number of sweeps,
 as ``tol=None`` in ``relax``), ``nonfinite`` = a NaN or Inf in the state.
+
+``seed000_error`` is the seed's ``measure`` error (wrong unless argmax == y with a top-2 margin
+> 1e-3), for reporting runs the way the notebook does.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -257,10 +259,10 @@ def seed000_gradient(
     target: jax.Array,
     state0: StateInit = "zeros",
     *,
-    phases: Phases = Phases(),
-    key: Optional[jax.Array] = None,
+    phases: Phases = Phases(),  # noqa: B008 (immutable NamedTuple, as in ep.py)
+    key: jax.Array | None = None,
     scheme: str = "ep",
-    negative: Optional[str] = None,
+    negative: str | None = None,
 ) -> tuple[Params, RuleResult]:
     """One step of seed 000's ``scheme`` (see the module docstring for the equations).
 
@@ -324,12 +326,12 @@ def seed000_gradient(
             # Every backward sweep reads the free lower layers and y only: sweeps 2..n repeat
             # sweep 1 exactly, so one is computed and their residual is 0.
             start = tuple(free[:-1]) + (y,)
-            sweep = lambda s: backward_clamped_sweep(energy, params, x, y, free)  # noqa: E731
+            sweep = lambda s: backward_clamped_sweep(energy, params, x, y, free)
             clamped, res = _iterate(sweep, start, min(n_pos, 1))
             if n_pos > 1:
                 res = jnp.zeros_like(res)
         else:
-            sweep = lambda s: forward_clamped_sweep(energy, params, x, y, s)  # noqa: E731
+            sweep = lambda s: forward_clamped_sweep(energy, params, x, y, s)
             clamped, res = _iterate(sweep, free, n_pos)
         nudged_stats = _stats(energy, params, x, clamped, n_pos, res)
         grads = _delta_rule_grads(params, x, free, [c - f for c, f in zip(clamped, free)])
@@ -354,6 +356,6 @@ SEED000_RULES = {
 }
 
 __all__ = [
-    "SEED000_RULES", "SCHEMES", "backward_clamped_sweep", "check_first_step_sizes",
+    "SCHEMES", "SEED000_RULES", "UNROLL", "backward_clamped_sweep", "check_first_step_sizes",
     "forward_clamped_sweep", "negative_sweep", "normalize", "seed000_error", "seed000_gradient",
 ]
