@@ -419,7 +419,7 @@ def study(quick: bool, rules_filter=None, log=print) -> dict:
                     n_points += 1
                     key = (p["select_error"], p["select_cost"], ep_)
                     if best is None or key < best[0]:
-                        params = jax.tree.map(lambda t: t[ia, :, ie], o["params"])
+                        params = jax.tree.map(lambda t, ia=ia, ie=ie: t[ia, :, ie], o["params"])
                         serr = seed_measure_at(o["seed_measure"][ia], ie, g.eval_every).tolist()
                         best = (key, rec, p, params, g, serr)
         entry["grid"] = settings
@@ -460,7 +460,7 @@ def plot_best(result: dict, path: Path) -> Optional[dict]:
         t = e["tuned"]
         seed = int(np.argmin(np.where(np.asarray(t["errors"]) == 0, np.asarray(t["costs"]), np.inf))) \
             if min(t["errors"]) == 0 else int(np.argmin(t["costs"]))
-        params = jax.tree.map(lambda a: jnp.asarray(a[seed]), e["_best_params"])
+        params = jax.tree.map(lambda a, seed=seed: jnp.asarray(a[seed]), e["_best_params"])
         energy, phases, eval_solver = build(rule, s)
         d = load_dataset("xor")
         X = jnp.asarray(d.x_train, DTYPE)
