@@ -122,8 +122,3 @@ class EPLearner:
             "residual": stats.residual,
             "converged": stats.converged.astype(x.dtype),
         }
-
-    def predict(self, state: EPState, x) -> jax.Array:
-        s0 = self.energy.init_state(state.params, x, self.state_init)
-        s, _ = relax(self.energy, state.params, x, s0, solver=self.eval_solver, cost=self.cost)
-        return jnp.argmax(s[-1], axis=-1)

@@ -147,12 +147,13 @@ class FixedPoint(NamedTuple):
 Solver = Union[GradientDescent, FixedPoint]
 
 
-def _update_norm(new: State, old: State) -> jax.Array:
+def update_norm(new: State, old: State) -> jax.Array:
+    """max_b ||new_b - old_b||_2 over all free layers: the residual every solver reports."""
     sq = sum(jnp.sum((a - b) ** 2, axis=-1) for a, b in zip(new, old))
     return jnp.max(jnp.sqrt(sq))
 
 
-def _all_finite(state: State) -> jax.Array:
+def all_finite(state: State) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(s)) for s in state]))
 
 
@@ -215,10 +216,10 @@ def relax(
         # The update norm is only needed for the last step; the loop body stays a bare update.
         state = jax.lax.fori_loop(0, solver.max_steps - 1, lambda _, s: step(s), state0)
         last = step(state)
-        residual = _update_norm(last, state)
+        residual = update_norm(last, state)
         state = last
         steps = jnp.asarray(solver.max_steps, jnp.int32)
-        nonfinite = ~_all_finite(state)
+        nonfinite = ~all_finite(state)
         converged = ~nonfinite
     else:
         tol = jnp.asarray(solver.tol, dtype)
@@ -230,12 +231,12 @@ def relax(
         def body(carry):
             s, i, _, _ = carry
             new = step(s)
-            res = _update_norm(new, s)
+            res = update_norm(new, s)
             return new, i + 1, res, ~jnp.isfinite(res)
 
         init = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
         state, steps, residual, nonfinite = jax.lax.while_loop(cond, body, init)
-        nonfinite = nonfinite | ~_all_finite(state)
+        nonfinite = nonfinite | ~all_finite(state)
         converged = (residual <= tol) & ~nonfinite
 
     f = jnp.mean(total_energy(energy, params, state, x, target, beta, cost))

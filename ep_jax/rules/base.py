@@ -67,3 +67,19 @@ def clamped_phase(energy, params, x, clamp, state0: State, phases: Phases):
 
     return relax(energy, params, x, state0, cost=phases.cost, solver=phases.nudged,
                  clamp_output=clamp)
+
+
+def clamped_contrast(energy, params, x, target, state0, phases: Phases, eta):
+    """Free phase, then the output held at (1 - eta) s_L^0 + eta y; descends
+    (dE/dtheta(s^c) - dE/dtheta(s^0)) / eta. eta = 1 is CHL; 0 < eta < 1 is coupled learning."""
+    import jax.numpy as jnp
+
+    from ep_jax.costs import as_dense_target
+    from ep_jax.rules.ep import free_phase  # ep.py imports this module
+
+    s0, free_stats = free_phase(energy, params, x, energy.init_state(params, x, state0), phases)
+    eta = jnp.asarray(eta, x.dtype)
+    y = as_dense_target(target, energy.sizes[-1], x.dtype)
+    sc, clamped_stats = clamped_phase(energy, params, x, (1 - eta) * s0[-1] + eta * y, s0, phases)
+    grads = energy_grad_difference(energy, params, x, sc, s0, 1.0 / eta)
+    return grads, RuleResult(s0, sc, s0, eta, free_stats, clamped_stats, clamped_stats)

@@ -7,6 +7,7 @@ target y (warm-started from s^0). The update descends
 
 (no 1/beta: the clamp is not a small perturbation). ``phases.beta`` is unused. CHL is not a
 gradient of the cost in general; ``ep-jax gradcheck --rule chl`` reports how far it is.
+It is coupled learning with eta = 1 (``rules.base.clamped_contrast``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
-from ep_jax.costs import as_dense_target
 from ep_jax.energies.base import LayeredEnergy, Params, StateInit
-from ep_jax.rules.base import Phases, RuleResult, clamped_phase, energy_grad_difference
-from ep_jax.rules.ep import free_phase
+from ep_jax.rules.base import Phases, RuleResult, clamped_contrast
 
 
 def chl_gradient(
@@ -34,9 +32,4 @@ def chl_gradient(
 ) -> tuple[Params, RuleResult]:
     """CHL update: free phase, output clamped to ``target``, contrast of dE/dtheta."""
     del key
-    s0, free_stats = free_phase(energy, params, x, energy.init_state(params, x, state0), phases)
-    y = as_dense_target(target, energy.sizes[-1], x.dtype)
-    sc, clamped_stats = clamped_phase(energy, params, x, y, s0, phases)
-    grads = energy_grad_difference(energy, params, x, sc, s0, 1.0)
-    one = jnp.asarray(1.0, x.dtype)
-    return grads, RuleResult(s0, sc, s0, one, free_stats, clamped_stats, clamped_stats)
+    return clamped_contrast(energy, params, x, target, state0, phases, 1.0)

@@ -18,12 +18,9 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
-from ep_jax.costs import as_dense_target
 from ep_jax.energies.base import LayeredEnergy, Params, StateInit
-from ep_jax.rules.base import Phases, RuleResult, clamped_phase, energy_grad_difference
-from ep_jax.rules.ep import free_phase
+from ep_jax.rules.base import Phases, RuleResult, clamped_contrast
 
 
 def coupled_gradient(
@@ -40,10 +37,4 @@ def coupled_gradient(
     del key
     if not 0 < phases.beta <= 1:
         raise ValueError(f"beta: expected eta in (0, 1] for coupled learning, received {phases.beta}")
-    s0, free_stats = free_phase(energy, params, x, energy.init_state(params, x, state0), phases)
-    eta = jnp.asarray(phases.beta, x.dtype)
-    y = as_dense_target(target, energy.sizes[-1], x.dtype)
-    clamp = (1 - eta) * s0[-1] + eta * y
-    sc, clamped_stats = clamped_phase(energy, params, x, clamp, s0, phases)
-    grads = energy_grad_difference(energy, params, x, sc, s0, 1.0 / eta)
-    return grads, RuleResult(s0, sc, s0, eta, free_stats, clamped_stats, clamped_stats)
+    return clamped_contrast(energy, params, x, target, state0, phases, phases.beta)

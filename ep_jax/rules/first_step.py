@@ -31,7 +31,7 @@ from ep_jax.costs import as_dense_target, total_energy
 from ep_jax.energies.base import LayeredEnergy, Params, StateInit
 from ep_jax.rules.base import Phases, RuleResult, energy_grad_difference
 from ep_jax.rules.ep import free_phase
-from ep_jax.solvers import PROJECTIONS, FixedPoint, GradientDescent, RelaxStats
+from ep_jax.solvers import PROJECTIONS, FixedPoint, GradientDescent, RelaxStats, all_finite, update_norm
 
 
 def _layer_step(solver, energy, params, x, state, y, beta, cost, l):
@@ -73,11 +73,10 @@ def first_step_gradient(
         state = state[: l - 1] + (new,) + state[l:]
     s1 = state
     grads = energy_grad_difference(energy, params, x, s1, s0, 1.0 / beta)
-    sq = sum(jnp.sum((a - b) ** 2, axis=-1) for a, b in zip(s1, s0))
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(s)) for s in s1]))
+    finite = all_finite(s1)
     stats = RelaxStats(
         steps=jnp.asarray(len(s1), jnp.int32),
-        residual=jnp.max(jnp.sqrt(sq)),
+        residual=update_norm(s1, s0),
         energy=jnp.mean(total_energy(energy, params, s1, x, y, beta, phases.cost)),
         converged=finite,
         nonfinite=~finite,

@@ -105,7 +105,7 @@ import jax.numpy as jnp
 from ep_jax.costs import as_dense_target
 from ep_jax.energies.base import LayeredEnergy, Params, State, StateInit, layer_name
 from ep_jax.rules.base import Phases, RuleResult
-from ep_jax.solvers import RelaxStats
+from ep_jax.solvers import RelaxStats, all_finite, update_norm
 
 SCHEMES = ("chl", "ep", "first-step", "pc-nudge")
 NEGATIVE_PHASES = ("chl", "ep", "pc-nudge")
@@ -176,17 +176,8 @@ def backward_clamped_sweep(energy, params, x, y, free: State) -> State:
     return tuple(reversed(new))
 
 
-def _update_norm(new: State, old: State) -> jax.Array:
-    sq = sum(jnp.sum((a - b) ** 2, axis=-1) for a, b in zip(new, old))
-    return jnp.max(jnp.sqrt(sq))
-
-
-def _nonfinite(state: State) -> jax.Array:
-    return ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(s)) for s in state]))
-
-
 def _stats(energy, params, x, state, steps, residual) -> RelaxStats:
-    bad = _nonfinite(state)
+    bad = ~all_finite(state)
     e = jnp.mean(energy(params, tuple(state), x))
     return RelaxStats(
         jnp.asarray(steps, jnp.int32), jnp.asarray(residual, x.dtype), e.astype(x.dtype), ~bad, bad
@@ -207,7 +198,7 @@ def _iterate(sweep, state0: State, n: int):
     else:
         state = jax.lax.fori_loop(0, n - 1, lambda _, s: tuple(sweep(s)), state)
     last = tuple(sweep(state))
-    return last, _update_norm(last, state)
+    return last, update_norm(last, state)
 
 
 def _sweeps(solver, which: str) -> int:
