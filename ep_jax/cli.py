@@ -1,4 +1,4 @@
-"""``ep-jax``: command-line entry point (``train``, ``eval``, ``gradcheck``)."""
+"""``ep-jax``: command-line entry point (``train``, ``eval``, ``credit``, ``gradcheck``, ``bench``)."""
 
 from __future__ import annotations
 
@@ -165,18 +165,74 @@ def _eval(args) -> int:
     return 0
 
 
+def _add_credit(sub):
+    p = sub.add_parser(
+        "credit",
+        help="credit diagnostics (Gamma, rho, naive state error) of a residual-model checkpoint",
+        description="Restores a residual-model run (e.g. --preset residual-mnist10k) and prints "
+        "one JSON object: per-layer Gamma (cosine between the EP credit and the backprop gradient "
+        "dL/dh_l), rho (perturbation correlation), seed 004's displacement-based Gamma/rho and its "
+        "naive state error, on the first --batch test examples (see ep_jax.credit).",
+    )
+    p.add_argument("--checkpoint", required=True, help="a run directory written by ep-jax train")
+    p.add_argument("--epoch", type=int, default=None, help="default: the latest checkpoint")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--batch", type=int, default=None, help="default: the run's credit_batch")
+    p.add_argument("--random-targets", action="store_true",
+                   help="score the credit against uniform random labels (control)")
+
+
+def _credit(args) -> int:
+    from ep_jax.train import credit_checkpoint
+
+    print(json.dumps(credit_checkpoint(args.checkpoint, data_dir=args.data_dir, epoch=args.epoch,
+                                       batch=args.batch, random_targets=args.random_targets)))
+    return 0
+
+
+def _add_bench(sub):
+    p = sub.add_parser(
+        "bench",
+        help="relaxation-throughput benchmark suite (benchmarks/suite.py)",
+        description="Runs the benchmark suite of the source tree's benchmarks/ directory "
+        "(throughput grid, PyTorch references, FLOP floor, scaling plots).",
+        add_help=False,
+    )
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+
+
+def _bench(args) -> int:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "suite.py").exists():
+        raise FileNotFoundError(
+            f"ep-jax bench: expected the source tree's benchmarks/suite.py under {root}; the "
+            "benchmarks are not part of an installed wheel: run from a clone (pip install -e .)"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import suite
+
+    return suite.main(args.bench_args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ep-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_gradcheck(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_credit(sub)
+    _add_bench(sub)
     args = parser.parse_args(argv)
     from ep_jax.checkpoint import CheckpointError
     from ep_jax.solvers import RelaxationError
 
     try:
-        return {"gradcheck": _gradcheck, "train": _train, "eval": _eval}[args.command](args)
+        commands = {"gradcheck": _gradcheck, "train": _train, "eval": _eval, "credit": _credit,
+                    "bench": _bench}
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, CheckpointError, RelaxationError, FloatingPointError) as err:
         # Bad input and missing files are the user's to fix: one clear line, no traceback.
         print(f"ep-jax {args.command}: error: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ import json
 from typing import Optional
 
 LEARNERS = ("ep", "bp")
+MODELS = ("layered", "residual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,20 @@ class TrainConfig:
         own ``bp_*`` fields.
       schedule: ``"constant"`` or ``"cosine"`` decay of every rate over the run.
       grad_clip: clip the EP update to this global norm (``None``: no clipping).
+
+      model: ``"layered"`` (an energy from ``ep_jax.energies`` relaxed by a solver) or
+        ``"residual"`` (seed 004's feed-forward residual EP, ``ep_jax.residual``: ``hidden`` is
+        ``(d,)``, the block width; ``nudged_steps`` and ``step_size`` are the inner optimizer's
+        steps and rate; ``optimizer`` must be ``"adamw"``).
+      n_blocks: residual blocks (``model="residual"``).
+      learning_rate, weight_decay: the residual model's AdamW (EP); the BP twin reads ``bp_*``.
+      inner_optimizer: ``"sgd"``, ``"momentum"`` or ``"adam"`` on the states (residual nudged phase).
+      embed_grad: ``"exact"`` or ``"seed004"`` (residual EP's embedding gradient).
+      batch_scaling: ``"per-example"`` or ``"seed004"`` (see ``ep_jax.residual``).
+      augment: ``"none"`` or ``"crop_flip"`` (random 4-pixel-padded crop + flip; images only).
+      random_targets: train on i.i.d. random labels (seed 004's control run).
+      credit_batch: test examples of the credit diagnostics (``ep_jax.credit``) recorded at every
+        evaluation of a residual model (0: none).
 
       bp_activation, bp_optimizer, bp_learning_rate, bp_weight_decay, bp_schedule, bp_loss,
       bp_grad_clip, bp_dropout: the backprop twin's hyper-parameters (see ``ep_jax.backprop``).
@@ -82,6 +97,17 @@ class TrainConfig:
     schedule: str = "constant"
     grad_clip: Optional[float] = None
 
+    model: str = "layered"
+    n_blocks: int = 4
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    inner_optimizer: str = "sgd"
+    embed_grad: str = "exact"
+    batch_scaling: str = "per-example"
+    augment: str = "none"
+    random_targets: bool = False
+    credit_batch: int = 128
+
     bp_activation: str = "relu"
     bp_optimizer: str = "adam"
     bp_learning_rate: float = 1e-3
@@ -106,7 +132,20 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected >= 1, received {getattr(self, name)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: expected >= 0, received {self.checkpoint_every}")
-        if self.learner == "ep" and len(self.alphas) != len(self.hidden) + 1:
+        if self.model not in MODELS:
+            raise ValueError(f"model: expected one of {MODELS}, received {self.model!r}")
+        if self.model == "residual":
+            if len(self.hidden) != 1:
+                raise ValueError(
+                    f"hidden: expected one width (d,) for a residual model, received {self.hidden}"
+                )
+            if self.n_blocks < 1:
+                raise ValueError(f"n_blocks: expected >= 1, received {self.n_blocks}")
+            if self.learner == "ep" and self.optimizer != "adamw":
+                raise ValueError(
+                    f"optimizer: a residual model trains with 'adamw', received {self.optimizer!r}"
+                )
+        elif self.learner == "ep" and len(self.alphas) != len(self.hidden) + 1:
             raise ValueError(
                 f"alphas: expected {len(self.hidden) + 1} learning rates (one per connection of a "
                 f"net with hidden={self.hidden}), received {len(self.alphas)}"
@@ -132,7 +171,9 @@ def _twin(cfg: TrainConfig, **bp) -> TrainConfig:
     """The backprop twin of an EP preset: same data, sizes, batch size, epochs and seed."""
     return dataclasses.replace(
         cfg, preset="bp-" + cfg.preset, learner="bp",
-        description="backprop twin of " + cfg.preset + ": the same layer sizes as a feed-forward MLP",
+        description="backprop twin of " + cfg.preset + (
+            ": the same ResidualMLP trained by backprop" if cfg.model == "residual"
+            else ": the same layer sizes as a feed-forward MLP"),
         **bp,
     )
 
@@ -190,10 +231,34 @@ _S3 = dataclasses.replace(
     alphas=(0.128, 0.032, 0.008, 0.002),
 )
 
+# Seed 004: feed-forward EP on a residual MLP (ep_jax.residual). Its optimizer (per-part AdamW
+# 1e-3, weight decay 0.01, cosine, clipping at 1.0) is shared by the EP run and its BP twin.
+_RESIDUAL_OPT = dict(optimizer="adamw", learning_rate=1e-3, weight_decay=0.01, schedule="cosine",
+                     grad_clip=1.0)
+_BP_RESIDUAL = dict(bp_optimizer="adamw", bp_learning_rate=1e-3, bp_weight_decay=0.01,
+                    bp_schedule="cosine", bp_grad_clip=1.0, bp_loss="cross_entropy", bp_dropout=0.0)
+_RESIDUAL_CIFAR10 = TrainConfig(
+    preset="residual-cifar10",
+    description="seed 004: residual EP on CIFAR-10, ResidualMLP(3072, d=256, 4 blocks), 100 "
+    "epochs, batch 128, random crop + flip, beta 0.5, nudged phase 20 SGD steps of 0.1",
+    dataset="cifar10", model="residual", hidden=(256,), n_blocks=4, epochs=100, batch_size=128,
+    beta=0.5, nudged_steps=20, step_size=0.1, augment="crop_flip", log_every=10, eval_every=5,
+    checkpoint_every=5, **_RESIDUAL_OPT,
+)
+_RESIDUAL_MNIST10K = dataclasses.replace(
+    _RESIDUAL_CIFAR10, preset="residual-mnist10k",
+    description="seed 004's residual EP on MNIST-10k (flattened 784 pixels), d=256, 4 blocks, "
+    "batch 128, no augmentation",
+    dataset="mnist10k", epochs=30, augment="none", log_every=4, eval_every=1, checkpoint_every=5,
+)
+
 PRESETS: dict[str, TrainConfig] = {}
 for _cfg in (_DIGITS, _XOR, _MNIST10K, _S1, _S2, _S3):
     PRESETS[_cfg.preset] = _cfg
     PRESETS["bp-" + _cfg.preset] = _twin(_cfg, **_BP_MNIST)
+for _cfg in (_RESIDUAL_MNIST10K, _RESIDUAL_CIFAR10):
+    PRESETS[_cfg.preset] = _cfg
+    PRESETS["bp-" + _cfg.preset] = _twin(_cfg, **_BP_RESIDUAL)
 DEFAULT_PRESET = "digits"
 
 

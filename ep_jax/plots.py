@@ -5,6 +5,8 @@ Three pictures, after the diagnostics of the seed notebook (000):
 * :func:`plot_curves`: energy, cost and error (%) per epoch, train and test, from the rows of a
   ``metrics.jsonl``;
 * :func:`plot_weight_tiles`: first-layer receptive fields as image tiles (MNIST, digits, CIFAR);
+* :func:`plot_credit`: residual EP's credit diagnostics Gamma_l and rho_l per epoch
+  (``ep_jax.credit``), for one run or several (e.g. a run and its random-targets control);
 * :func:`plot_network`: a small net (XOR 2-8-2, 2-4-1) as a graph: edges coloured by the sign
   of the weight and as wide as its magnitude, nodes filled by activation, biases as labels.
 
@@ -33,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["layer_sizes", "plot_curves", "plot_network", "plot_weight_tiles"]
+__all__ = ["layer_sizes", "plot_credit", "plot_curves", "plot_network", "plot_weight_tiles"]
 
 PathLike = str | os.PathLike
 
@@ -195,6 +197,44 @@ def plot_curves(
 
 # --------------------------------------------------------------------------------------------
 # Weight tiles
+
+
+def plot_credit(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: PathLike,
+                title: str | None = None) -> Path:
+    """Gamma_l and rho_l (one line per layer l) against the epoch, one line style per run.
+
+    Args:
+      runs: ``{label: metrics rows}``; rows with a ``"credit"`` dict (``CreditReport.to_dict``)
+        are drawn, others skipped.
+      path: where to write the PNG.
+      title: figure title.
+    """
+    fig = Figure(figsize=(13, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    styles = ["-", "--", ":", "-."]
+    cmap = colormaps["viridis"]
+    for ax, key, label in ((axes[0], "gamma_per_layer", "Γ_l: cos(EP credit, ∂L/∂h_l)"),
+                           (axes[1], "rho_per_layer", "ρ_l: perturbation correlation")):
+        for i, (name, rows) in enumerate(runs.items()):
+            rows = [r for r in rows if "credit" in r]
+            if not rows:
+                continue
+            epochs = np.array([r["epoch"] for r in rows])
+            values = np.array([r["credit"][key] for r in rows])  # (epochs, layers)
+            n = values.shape[1]
+            for l in range(n):
+                ax.plot(epochs, values[:, l], styles[i % len(styles)],
+                        color=cmap(l / max(n - 1, 1)), marker="o" if len(epochs) <= 30 else None,
+                        markersize=3, label=f"{name}: h_{l}")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 6 else 1)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
 
 
 def plot_weight_tiles(

@@ -47,9 +47,44 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
-def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int):
+# Per-channel standardisation of the residual models' inputs (seed 004's CIFAR-10 constants;
+# the usual MNIST ones).
+INPUT_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "mnist10k": ((0.1307,), (0.3081,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+}
+
+
+def build_residual_learner(cfg: TrainConfig, n_in, n_out, total_steps, image_shape=None):
+    from ep_jax.residual import ResidualEP
+    from ep_jax.residual_learner import ResidualLearner
+
+    ep = ResidualEP(
+        beta=cfg.beta, steps=cfg.nudged_steps, learning_rate=cfg.step_size,
+        optimizer=cfg.inner_optimizer, embed_grad=cfg.embed_grad, batch_scaling=cfg.batch_scaling,
+    )
+    bp = cfg.learner == "bp"
+    mean, std = INPUT_STATS.get(cfg.dataset, (None, None))
+    return ResidualLearner(
+        in_dim=n_in, d_hidden=cfg.hidden[0], n_classes=n_out, n_blocks=cfg.n_blocks,
+        method=cfg.learner, ep=ep,
+        learning_rate=cfg.bp_learning_rate if bp else cfg.learning_rate,
+        weight_decay=cfg.bp_weight_decay if bp else cfg.weight_decay,
+        schedule=cfg.bp_schedule if bp else cfg.schedule, total_steps=total_steps,
+        grad_clip=cfg.bp_grad_clip if bp else cfg.grad_clip, augment=cfg.augment,
+        image_shape=tuple(image_shape) if image_shape is not None else None,
+        input_mean=mean, input_std=std, random_targets=cfg.random_targets,
+        credit_batch=cfg.credit_batch,
+    )
+
+
+def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int, image_shape=None):
     """The EP or BP learner of ``cfg`` for inputs of size ``n_in`` and ``n_out`` classes."""
     sizes = (n_in, *cfg.hidden, n_out)
+    if cfg.model == "residual":
+        return build_residual_learner(cfg, n_in, n_out, total_steps, image_shape)
     if cfg.learner == "bp":
         from ep_jax.backprop import BackpropLearner
 
@@ -157,7 +192,8 @@ class Run:
         self.X, self.Y = jnp.asarray(d.x_train), jnp.asarray(d.y_train, jnp.int32)
         self.Xt, self.Yt = jnp.asarray(d.x_test), jnp.asarray(d.y_test, jnp.int32)
         n_batches = self.n_train // cfg.batch_size
-        self.learner = build_learner(cfg, d.x_train.shape[1], d.num_classes, cfg.epochs * n_batches)
+        self.learner = build_learner(cfg, d.x_train.shape[1], d.num_classes,
+                                     cfg.epochs * n_batches, d.image_shape)
         (self.batches, self.run_chunk, self.n_batches, self.chunk_len,
          self.n_chunks) = make_epoch_fns(
             self.learner, self.n_train, cfg.batch_size, cfg.log_every
@@ -165,6 +201,9 @@ class Run:
         self.evaluate = jax.jit(self.learner.evaluate)
         root = jax.random.PRNGKey(cfg.seed)
         self.init_key, self.step_key, self.data_key = jax.random.split(root, 3)
+        self.diagnostics = None
+        if hasattr(self.learner, "diagnostics"):
+            self.diagnostics = jax.jit(self.learner.diagnostics)
 
     def init_state(self) -> TrainState:
         # One compiled init instead of a compile per eager initializer op (~1 s for 784-500-10).
@@ -192,6 +231,27 @@ class Run:
 
     def test_metrics(self, ts: TrainState) -> dict:
         return _to_float(self.evaluate(ts.learner, self.Xt, self.Yt))
+
+    def credit(self, ts: TrainState, *, n: Optional[int] = None,
+               random_targets: bool = False) -> Optional[dict]:
+        """Credit diagnostics on the first ``n`` (default ``credit_batch``) test examples.
+
+        ``None`` for learners without diagnostics (layered models) or ``credit_batch = 0``.
+
+        The perturbation key is fixed (a function of the seed), so the numbers of two epochs
+        differ only through the parameters. ``random_targets`` scores the credit against uniform
+        random labels instead of the true ones.
+        """
+        n = self.cfg.credit_batch if n is None else n
+        if self.diagnostics is None or n < 1:
+            return None
+        n = min(n, int(self.Xt.shape[0]))
+        key = jax.random.fold_in(self.data_key, 2**31 - 1)
+        y = self.Yt[:n]
+        if random_targets:
+            y = jax.random.randint(jax.random.fold_in(key, 1), y.shape, 0, self.data.num_classes,
+                                   y.dtype)
+        return self.diagnostics(ts.learner, self.Xt[:n], y, key).to_dict()
 
 
 def train(
@@ -273,6 +333,9 @@ def train(
         row.update({f"train_{k}": v for k, v in train_m.items()})
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             row.update({f"test_{k}": v for k, v in run.test_metrics(ts).items()})
+            credit = run.credit(ts)
+            if credit is not None:
+                row["credit"] = credit
         wall = time.perf_counter() - t0
         train_wall += wall
         run_wall += wall
@@ -320,6 +383,11 @@ def train(
         "jax": jax.__version__,
         "resumed_from_epoch": start_epoch if resume else None,
     }
+    if cfg.model == "residual":
+        summary["rule"] = "residual-ep" if cfg.learner == "ep" else "backprop"
+        summary["sizes"] = [run.data.x_train.shape[1], *([cfg.hidden[0]] * (cfg.n_blocks + 1)),
+                            run.data.num_classes]
+        summary["credit"] = next((r["credit"] for r in reversed(rows) if "credit" in r), None)
     if out is not None:
         if plots:
             summary["plots"] = [str(p) for p in write_plots(run, ts, rows, out)]
@@ -335,11 +403,15 @@ def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[P
     params = jax.device_get(run.learner.params(ts.learner))
     paths = [plots.plot_curves(rows, out / "curves.png", title=run.cfg.preset)]
     shape = run.data.image_shape
+    if any("credit" in r for r in rows):
+        paths.append(plots.plot_credit({run.cfg.preset: rows}, out / "credit.png"))
     if shape is not None:
-        kernel = np.asarray(params["layer_0"]["kernel"])
+        first = "embed" if run.cfg.model == "residual" else "layer_0"
+        kernel = np.asarray(params[first]["kernel"])
         paths.append(plots.plot_weight_tiles(kernel, shape, out / "weights.png",
                                              title=f"{run.cfg.preset}: first-layer weights"))
-    if sum((run.data.x_train.shape[1], *run.cfg.hidden, run.data.num_classes)) <= MAX_GRAPH_UNITS:
+    small = sum((run.data.x_train.shape[1], *run.cfg.hidden, run.data.num_classes)) <= MAX_GRAPH_UNITS
+    if small and run.cfg.model == "layered":
         acts = None
         if run.cfg.learner == "ep":
             x0 = run.Xt[:1]
@@ -353,8 +425,7 @@ def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[P
     return paths
 
 
-def evaluate_checkpoint(run_dir, *, data_dir=None, epoch: Optional[int] = None) -> dict:
-    """``ep-jax eval``: restores a run's checkpoint and evaluates it on the test split."""
+def _restore_run(run_dir, data_dir, epoch):
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not path.exists():
@@ -369,8 +440,31 @@ def evaluate_checkpoint(run_dir, *, data_dir=None, epoch: Optional[int] = None) 
         if epoch is None:
             raise checkpoint.CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
     ts = checkpoint.restore(run_dir, epoch, run.init_state())
-    return {"checkpoint": str(run_dir / "checkpoints" / str(epoch)), "epoch": int(ts.epoch),
+    return run, ts, str(run_dir / "checkpoints" / str(epoch))
+
+
+def evaluate_checkpoint(run_dir, *, data_dir=None, epoch: Optional[int] = None) -> dict:
+    """``ep-jax eval``: restores a run's checkpoint and evaluates it on the test split."""
+    run, ts, path = _restore_run(run_dir, data_dir, epoch)
+    return {"checkpoint": path, "epoch": int(ts.epoch),
             **{f"test_{k}": v for k, v in run.test_metrics(ts).items()}}
+
+
+def credit_checkpoint(run_dir, *, data_dir=None, epoch: Optional[int] = None,
+                      batch: Optional[int] = None, random_targets: bool = False) -> dict:
+    """``ep-jax credit``: the credit diagnostics (``ep_jax.credit``) of a residual-model checkpoint."""
+    run, ts, path = _restore_run(run_dir, data_dir, epoch)
+    if run.cfg.model != "residual":
+        raise ValueError(
+            f"--checkpoint: credit diagnostics need a residual model (model='residual'), "
+            f"received a run with model={run.cfg.model!r}"
+        )
+    if batch is not None and batch < 1:
+        raise ValueError(f"--batch: expected >= 1, received {batch}")
+    n = min(batch or run.cfg.credit_batch or 128, int(run.Xt.shape[0]))
+    credit = run.credit(ts, n=n, random_targets=random_targets)
+    return {"checkpoint": path, "epoch": int(ts.epoch), "batch": n,
+            "random_targets": random_targets, **credit}
 
 
 def replace(cfg: TrainConfig, **overrides) -> TrainConfig:
