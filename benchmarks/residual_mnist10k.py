@@ -58,11 +58,13 @@ def main(argv=None) -> int:
     results, rows_by_run = {}, {}
     for name in args.runs.split(","):
         preset, overrides = RUNS[name]
+        # The twins are compared over every seed; the control and the variants use the first.
+        run_seeds = seeds if name in ("ep", "bp") else seeds[:1]
         cfg = dataclasses.replace(get_preset(preset), **overrides)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
         per_seed = []
-        for seed in seeds:
+        for seed in run_seeds:
             run_dir = Path(args.work) / f"{name}-s{seed}"
             if run_dir.exists():
                 import shutil
@@ -109,17 +111,18 @@ def markdown(env, results, png) -> str:
         "clip 1.0); EP: beta 0.5, nudged phase 20 SGD steps of 0.1",
         "- credit: on the first 128 test images after the last epoch (Gamma/rho = layer means)",
         "",
-        "| run | epochs | test error (mean ± std) | wall s | Γ per layer (h_0..h_L) | ρ per layer | "
-        "seed-004 Γ (displacement, h_0..h_{L-1}) |",
-        "|---|---|---|---|---|---|---|",
+        "| run | seeds | epochs | test error (mean ± std) | wall s | Γ per layer (h_0..h_L) | "
+        "Γ over the batch | ρ per layer | seed-004 Γ (displacement, h_0..h_{L-1}) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     f = lambda v: "[" + ", ".join(f"{x:.3f}" for x in v) + "]"
     for name, r in results.items():
         c = r["runs"][0]["credit"] or {}
         lines.append(
-            f"| {name} | {r['epochs']} | {100 * r['test_error_mean']:.2f} ± "
+            f"| {name} | {len(r['runs'])} | {r['epochs']} | {100 * r['test_error_mean']:.2f} ± "
             f"{100 * r['test_error_std']:.2f}% | {r['wall_s_mean']:.0f} | "
-            f"{f(c.get('gamma_per_layer', []))} | {f(c.get('rho_per_layer', []))} | "
+            f"{f(c.get('gamma_per_layer', []))} | {f(c.get('gamma_batch_per_layer', []))} | "
+            f"{f(c.get('rho_per_layer', []))} | "
             f"{f(c.get('gamma_displacement_per_layer', []))} |"
         )
     if png is not None:

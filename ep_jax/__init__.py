@@ -2,7 +2,8 @@
 
 Energies are pure functions ``E(params, state, x) -> (batch,)``; ``relax`` minimises
 ``F = E + beta * C`` with a jitted solver; learning rules turn relaxed states into optax-ready
-gradients; ``exact`` provides the gradients they are checked against.
+gradients; ``exact`` provides the gradients they are checked against. ``residual`` and
+``credit`` hold seed 004's feed-forward EP on a residual MLP and its credit diagnostics.
 """
 
 from ep_jax.activations import ACTIVATIONS, get_activation, hard_sigmoid
@@ -33,6 +34,9 @@ from ep_jax.solvers import (
     relax,
 )
 
+from ep_jax.residual import ResidualEP, ResidualMLP, residual_ep_gradient, residual_optimizer
+from ep_jax.credit import CreditReport, credit_diagnostics
+from ep_jax.residual_learner import ResidualLearner
 from ep_jax.train import evaluate_checkpoint, train
 
 __version__ = "0.1.0"
@@ -41,6 +45,8 @@ __all__ = [
     "ACTIVATIONS", "COSTS", "DATASETS", "ENERGIES", "PRESETS", "RULES",
     "BackpropLearner", "Dataset", "EPLearner", "TrainConfig", "evaluate_checkpoint", "get_preset",
     "load_dataset", "make_optimizer", "train",
+    "CreditReport", "ResidualEP", "ResidualLearner", "ResidualMLP", "credit_diagnostics",
+    "residual_ep_gradient", "residual_optimizer",
     "ConditionalGaussian", "FixedPoint", "GradientDescent", "Hopfield", "LayeredEnergy", "Phases",
     "RelaxStats", "RelaxationError", "RuleResult",
     "bptt_gradient", "check_stats", "compare", "conditional_gaussian", "cross_entropy",

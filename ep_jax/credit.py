@@ -14,13 +14,20 @@ block (for a linear chain it is -(I + J J^T) delta_2 at layer 2), and it is zero
 reported:
 
 * ``gamma[l]``: mean over the batch of cos(a_l, dL/dh_l), l = 0..L;
+* ``gamma_batch[l]``: the cosine of the whole batch's credit with the batch's backprop gradient
+  (the (B, d) arrays flattened), i.e. examples weighted by their gradient norm, as they weigh in
+  the parameter update. On a trained net in float32 the per-example mean ``gamma`` is dragged down
+  by confident examples: their nudge beta * dC/dh (|dC/dh_L| < ~1e-5) is below the float32
+  resolution of states of size ~1, so their per-example cosines are rounding noise, while
+  ``gamma_batch`` is the same in float32 and float64 (benchmarks/results/residual_mnist10k.md);
 * ``gamma_displacement[l]``: the seed's Gamma, cos(-(h^beta_l - h^0_l)/beta, dL/dh_l), l = 0..L-1;
 * ``rho[l]`` / ``rho_displacement[l]``: perturbation correlation of the credit: for M random
   perturbations delta of norm epsilon at h_l (forward pass), the Pearson correlation over the M
   draws between the predicted change <a_l, delta> and the actual change of the example's loss
   (forwarded through blocks l..L-1), averaged over the batch;
   the loss change is computed without cancellation (``cross_entropy_change``);
-* ``naive_state_error``: seed 004's mean_b ||h_{L//2} - h_L|| / ||h_L|| on the forward pass.
+* ``naive_state_error``: seed 004's mean_b ||h_{L//2} - h_L|| / ||h_L|| on the forward pass (as
+  intended; see ``naive_state_error``).
 
 ``dL/dh_l`` is the backprop adjoint of the batch-mean cross-entropy (seed 004's ``loss``); the
 cosines and correlations do not see its 1/B factor.
@@ -147,7 +154,12 @@ def perturbation_correlation(
 
 
 def naive_state_error(hiddens):
-    """Seed 004's mean_b ||h_{L//2} - h_L|| / max(||h_L||, 1e-8) (L = number of blocks)."""
+    """Seed 004's naive state error as intended: mean_b ||h_{L//2} - h_L|| / max(||h_L||, 1e-8).
+
+    The seed writes ``.norm(-1)``, which torch reads as the order p = -1 over the whole tensor,
+    not a per-example norm along the last axis; the library computes the per-example formula
+    (``tests/test_seed004.py`` pins both).
+    """
     L = len(hiddens) - 1
     num = jnp.linalg.norm(hiddens[L // 2] - hiddens[-1], axis=-1)
     return jnp.mean(num / jnp.maximum(jnp.linalg.norm(hiddens[-1], axis=-1), 1e-8))
@@ -157,6 +169,7 @@ class CreditReport(NamedTuple):
     """Per-layer credit diagnostics (see the module docstring)."""
 
     gamma: jax.Array  # (L+1,)
+    gamma_batch: jax.Array  # (L+1,)
     rho: jax.Array  # (L+1,)
     gamma_displacement: jax.Array  # (L,), seed 004's Gamma
     rho_displacement: jax.Array  # (L,), seed 004's rho
@@ -169,6 +182,7 @@ class CreditReport(NamedTuple):
         return {
             "Gamma": float(jnp.mean(self.gamma)), "rho": float(jnp.mean(self.rho)),
             "gamma_per_layer": f(self.gamma), "rho_per_layer": f(self.rho),
+            "gamma_batch_per_layer": f(self.gamma_batch),
             "Gamma_displacement": float(jnp.mean(self.gamma_displacement)),
             "rho_displacement": float(jnp.mean(self.rho_displacement)),
             "gamma_displacement_per_layer": f(self.gamma_displacement),
@@ -197,6 +211,8 @@ def credit_diagnostics(
     disp = displacement_credits(h_free, h_nudged, beta)[:-1]
     L = len(h_free) - 1
     gamma = jnp.stack([cosine_similarity_batch(a, b) for a, b in zip(res, bp)])
+    gamma_b = jnp.stack([cosine_similarity_batch(a.reshape(1, -1), b.reshape(1, -1))
+                         for a, b in zip(res, bp)])
     gamma_d = jnp.stack([cosine_similarity_batch(a, b) for a, b in zip(disp, bp)])
     keys = jax.random.split(key, L + 1)
     # The same perturbations for both credits of a layer, so their rho differ only by the credit.
@@ -207,4 +223,4 @@ def credit_diagnostics(
 
     rho = jnp.stack([rho_of(res, l) for l in range(L + 1)])
     rho_d = jnp.stack([rho_of(disp, l) for l in range(L)])
-    return CreditReport(gamma, rho, gamma_d, rho_d, naive_state_error(h_free), stats)
+    return CreditReport(gamma, gamma_b, rho, gamma_d, rho_d, naive_state_error(h_free), stats)

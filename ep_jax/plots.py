@@ -201,7 +201,8 @@ def plot_curves(
 
 def plot_credit(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: PathLike,
                 title: str | None = None) -> Path:
-    """Gamma_l and rho_l (one line per layer l) against the epoch, one line style per run.
+    """Gamma_l (per-example mean and batch-level) and rho_l against the epoch, one line per layer
+    and one line style per run.
 
     Args:
       runs: ``{label: metrics rows}``; rows with a ``"credit"`` dict (``CreditReport.to_dict``)
@@ -209,17 +210,22 @@ def plot_credit(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: PathLike,
       path: where to write the PNG.
       title: figure title.
     """
-    fig = Figure(figsize=(13, 4.5), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(18, 4.5), layout="constrained")
+    axes = fig.subplots(1, 3)
     styles = ["-", "--", ":", "-."]
     cmap = colormaps["viridis"]
-    for ax, key, label in ((axes[0], "gamma_per_layer", "Γ_l: cos(EP credit, ∂L/∂h_l)"),
-                           (axes[1], "rho_per_layer", "ρ_l: perturbation correlation")):
+    for ax, key, label in (
+        (axes[0], "gamma_per_layer", "Γ_l: mean_b cos(EP credit, ∂L/∂h_l)"),
+        (axes[1], "gamma_batch_per_layer", "Γ_l over the batch (gradient-norm weighted)"),
+        (axes[2], "rho_per_layer", "ρ_l: perturbation correlation"),
+    ):
         for i, (name, rows) in enumerate(runs.items()):
             rows = [r for r in rows if "credit" in r]
             if not rows:
                 continue
             epochs = np.array([r["epoch"] for r in rows])
+            if key not in rows[0]["credit"]:
+                continue
             values = np.array([r["credit"][key] for r in rows])  # (epochs, layers)
             n = values.shape[1]
             for l in range(n):

@@ -122,6 +122,7 @@ def test_gamma_and_rho_reach_one_at_small_beta_for_every_layer():
         assert rep.gamma.shape == (L + 1,) and rep.rho.shape == (L + 1,)
         assert float(jnp.min(rep.gamma)) > 0.99, rep.gamma
         assert float(jnp.min(rep.rho)) > 0.99, rep.rho
+        assert float(jnp.min(rep.gamma_batch)) > 0.99, rep.gamma_batch
         # Seed 004's displacement credit is exact only at h_1 (and zero at h_0): it accumulates
         # the credits of the layers below. Documented difference.
         assert float(rep.gamma_displacement[0]) == 0.0
@@ -274,3 +275,27 @@ def test_residual_config_errors():
         _small_cfg(optimizer="sgd")
     with pytest.raises(ValueError, match="model: expected one of"):
         _small_cfg(model="transformer")
+
+
+def test_residual_cifar10_preset_runs_offline_from_binary_batches(tmp_path, capsys):
+    """``ep-jax train --preset residual-cifar10 --data-dir D`` on generated CIFAR-10 binary files
+    (10 training images), with the preset's augmentation and seed 004's hyper-parameters except
+    the width, depth, epochs and batch size."""
+    from ep_jax.cli import main
+    from ep_jax.config import get_preset
+    from tests.test_data import write_cifar
+
+    cfg = get_preset("residual-cifar10")
+    assert (cfg.hidden, cfg.n_blocks, cfg.epochs, cfg.batch_size, cfg.augment) == ((256,), 4, 100, 128, "crop_flip")
+    assert (cfg.beta, cfg.nudged_steps, cfg.step_size, cfg.learning_rate, cfg.weight_decay,
+            cfg.grad_clip) == (0.5, 20, 0.1, 1e-3, 0.01, 1.0)
+    assert get_preset("bp-residual-cifar10").augment == "crop_flip"
+    data_dir = write_cifar(tmp_path / "data", "tar")
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "residual-cifar10", "--data-dir", str(data_dir), "--out", str(out),
+            "--epochs", "1", "--batch-size", "4", "--hidden", "16", "--n-blocks", "2",
+            "--credit-batch", "3", "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["dataset"] == "cifar10" and summary["n_train"] == 10
+    assert len(summary["credit"]["gamma_per_layer"]) == 3
