@@ -25,7 +25,7 @@ gradcheck: $(STAMP)
 	$(BIN)/ep-jax gradcheck --energy hopfield --rule ep-symmetric --beta 1e-3 --x64
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/relax_throughput.py
+	$(BIN)/python -m benchmarks.suite --suite quick
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -77,11 +77,18 @@ class GradientDescent(NamedTuple):
         if self.project not in PROJECTIONS:
             raise ValueError(f"project: expected one of {list(PROJECTIONS)}, received {self.project!r}")
 
-    def step(self, energy, params, x, state, target, beta, cost):
-        def f(s):
-            return jnp.sum(total_energy(energy, params, s, x, target, beta, cost))
+    def keeps_in_box(self, energy: LayeredEnergy) -> bool:
+        """After one step every state lies in [0, 1], where rho is exactly the identity."""
+        return self.project == "clip01" and energy.identity_on_unit_box
 
-        grads = jax.grad(f)(state)
+    def step(self, energy, params, x, state, target, beta, cost, *, drive=None, in_box=False):
+        """One step. dF/ds = dE/ds (``energy.state_grad``: closed form or ``jax.grad``) plus
+        beta dC/ds_L on the output; ``drive``: the shared ``energy.input_drive``; ``in_box``:
+        every state is known to lie in [0, 1] (see ``relax``)."""
+        grads = list(energy.state_grad(params, state, x, drive=drive, in_box=in_box))
+        if target is not None:
+            b = jnp.asarray(beta, x.dtype)
+            grads[-1] = grads[-1] + jax.grad(lambda o: jnp.sum(b * cost(o, target)))(state[-1])
         eps = jnp.asarray(self.step_size, x.dtype)
         proj = PROJECTIONS[self.project]
         new = tuple(s - eps * g for s, g in zip(state, grads))
@@ -121,11 +128,16 @@ class FixedPoint(NamedTuple):
                 f"order: expected 'synchronous' or 'asynchronous', received {self.order!r}"
             )
 
-    def _update(self, energy, params, x, state, target, beta, cost, layers):
+    def keeps_in_box(self, energy: LayeredEnergy) -> bool:
+        """After one sweep every state is rho(.) of a hard sigmoid: in [0, 1]."""
+        return energy.identity_on_unit_box
+
+    def _update(self, energy, params, x, state, target, beta, cost, layers, drive=None,
+                in_box=False):
         new = list(state)
         n = len(state)
         for l in layers:  # 1-based free-layer index
-            h = energy.layer_field(params, state, x, l)
+            h = energy.layer_field(params, state, x, l, drive=drive, in_box=in_box)
             if l == n and target is not None:
                 out = state[-1]
                 dcost = jax.grad(lambda o: jnp.sum(cost(o, target)))(out)
@@ -136,21 +148,27 @@ class FixedPoint(NamedTuple):
             new[l - 1] = energy.rho(l)(h)
         return tuple(new)
 
-    def step(self, energy, params, x, state, target, beta, cost):
+    def step(self, energy, params, x, state, target, beta, cost, *, drive=None, in_box=False):
         n = len(state)
+        args = (energy, params, x)
         if self.order == "synchronous":
-            return self._update(energy, params, x, state, target, beta, cost, range(1, n + 1))
-        state = self._update(energy, params, x, state, target, beta, cost, range(2, n + 1, 2))
-        return self._update(energy, params, x, state, target, beta, cost, range(1, n + 1, 2))
+            return self._update(*args, state, target, beta, cost, range(1, n + 1), drive, in_box)
+        state = self._update(*args, state, target, beta, cost, range(2, n + 1, 2), drive, in_box)
+        # with in_box, the even layers just set are hard sigmoids of a field: still in [0, 1]
+        return self._update(*args, state, target, beta, cost, range(1, n + 1, 2), drive, in_box)
 
 
 Solver = Union[GradientDescent, FixedPoint]
 
 
 def update_norm(new: State, old: State) -> jax.Array:
-    """max_b ||new_b - old_b||_2 over all free layers: the residual every solver reports."""
+    """max_b ||new_b - old_b||_2 over all free layers: the residual every solver reports.
+
+    One square root of the largest squared norm (sqrt is monotone: the same number as the
+    largest of the per-example norms, without a square root per example).
+    """
     sq = sum(jnp.sum((a - b) ** 2, axis=-1) for a, b in zip(new, old))
-    return jnp.max(jnp.sqrt(sq))
+    return jnp.sqrt(jnp.max(sq))
 
 
 def all_finite(state: State) -> jax.Array:
@@ -168,6 +186,7 @@ def relax(
     cost: Cost = squared_error,
     solver: Solver = GradientDescent(),
     clamp_output: Optional[jax.Array] = None,
+    drive: Optional[jax.Array] = None,
 ) -> tuple[State, RelaxStats]:
     """Relaxes the free layers to a minimum of F = E + beta * C(s_out, target).
 
@@ -182,6 +201,16 @@ def relax(
       solver: ``GradientDescent`` or ``FixedPoint``.
       clamp_output: hold the output layer at this ``(batch, n_out)`` value and relax only the
         hidden layers (CHL's and coupled learning's clamped phases).
+      drive: ``energy.input_drive(params, x)`` if the caller already has it (the EP rules share
+        it between phases); ``None`` computes it here, once, outside the loop.
+
+    How the loop is built (the same numbers as the plain iteration, up to float rounding):
+    the clamped input's product is taken once, before the loop (``energy.input_drive``); the
+    state gradient is the energy's closed form where it has one (``energy.state_grad``); and
+    when the solver keeps states in [0, 1] where rho is exactly the identity (hard sigmoids
+    with ``project="clip01"``, or fixed-point sweeps), the first step runs on its own and
+    every later one skips rho and rho' (``in_box``), so the loop body holds only the two
+    products per connection and one elementwise pass per layer.
 
     Returns:
       ``(state, stats)``: the relaxed state and ``RelaxStats``.
@@ -205,17 +234,24 @@ def relax(
             )
         state0 = state0[:-1] + (clamp_output,)
 
-    def step(s):
-        new = solver.step(energy, params, x, s, target, beta, cost)
-        return new if clamp_output is None else new[:-1] + (clamp_output,)
-
     if solver.max_steps < 1:
         raise ValueError(f"max_steps: expected >= 1, received {solver.max_steps}")
+    if drive is None:
+        drive = energy.input_drive(params, x)
+    # After one step the states lie in [0, 1] (a held output layer may not).
+    box = clamp_output is None and solver.keeps_in_box(energy)
+
+    def step(s, in_box):
+        new = solver.step(energy, params, x, s, target, beta, cost, drive=drive, in_box=in_box)
+        return new if clamp_output is None else new[:-1] + (clamp_output,)
 
     if solver.tol is None:
         # The update norm is only needed for the last step; the loop body stays a bare update.
-        state = jax.lax.fori_loop(0, solver.max_steps - 1, lambda _, s: step(s), state0)
-        last = step(state)
+        state, n_loop, later = state0, solver.max_steps - 1, False
+        if box and n_loop >= 1:
+            state, n_loop, later = step(state0, False), n_loop - 1, True
+        state = jax.lax.fori_loop(0, n_loop, lambda _, s: step(s, later), state)
+        last = step(state, later)
         residual = update_norm(last, state)
         state = last
         steps = jnp.asarray(solver.max_steps, jnp.int32)
@@ -230,11 +266,16 @@ def relax(
 
         def body(carry):
             s, i, _, _ = carry
-            new = step(s)
+            new = step(s, box)
             res = update_norm(new, s)
             return new, i + 1, res, ~jnp.isfinite(res)
 
-        init = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
+        if box:  # the first step (from any state0) outside the loop, in_box after it
+            first = step(state0, False)
+            res0 = update_norm(first, state0)
+            init = (first, jnp.asarray(1, jnp.int32), res0, ~jnp.isfinite(res0))
+        else:
+            init = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
         state, steps, residual, nonfinite = jax.lax.while_loop(cond, body, init)
         nonfinite = nonfinite | ~all_finite(state)
         converged = (residual <= tol) & ~nonfinite

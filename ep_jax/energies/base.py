@@ -175,8 +175,35 @@ class LayeredEnergy:
         scale = jnp.asarray(scale, x.dtype)
         return jax.tree.map(lambda t: scale * t, g)
 
+    # ---- relaxation support ------------------------------------------------------------
+    @property
+    def identity_on_unit_box(self) -> bool:
+        """True when every free layer's rho is the hard sigmoid: on [0, 1] it is the identity
+        with derivative 1, so a state known to lie in [0, 1] (after a ``clip01`` projection or
+        a fixed-point sweep) can skip rho and its derivative exactly, with the same numbers."""
+        return all(a == "hard_sigmoid" for a in self.activation[1:])
+
+    def input_drive(self, params: Params, x: jax.Array):
+        """The loop-invariant part of the relaxation that involves the clamped input, computed
+        once per training step and shared by every phase (``None``: the energy has none)."""
+        return None
+
+    def state_grad(
+        self, params: Params, state: State, x: jax.Array, *, drive=None, in_box: bool = False
+    ) -> State:
+        """dE/ds for every free layer (of the batch sum of E), a tuple shaped like ``state``.
+
+        Generic form: ``jax.grad``. Energies with a closed form override it; ``drive`` is
+        ``input_drive(params, x)`` (recomputed if ``None``) and ``in_box=True`` promises every
+        free state lies in [0, 1] (used only when ``identity_on_unit_box``).
+        """
+        return jax.grad(lambda s: jnp.sum(self(params, s, x)))(tuple(state))
+
     # ---- fixed-point sweeps --------------------------------------------------------------
-    def layer_field(self, params: Params, state: State, x: jax.Array, l: int) -> jax.Array:
+    def layer_field(
+        self, params: Params, state: State, x: jax.Array, l: int, *, drive=None,
+        in_box: bool = False,
+    ) -> jax.Array:
         """-dE_int/d rho(s_l) for free layer ``l`` (1-based); only energies with a fixed-point form."""
         raise NotImplementedError(
             f"{type(self).__name__} has no fixed-point form; use the GradientDescent solver"

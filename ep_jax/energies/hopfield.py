@@ -54,16 +54,77 @@ class Hopfield(LayeredEnergy):
             e = e - r[l + 1] @ p["bias"] - jnp.sum((r[l] @ p["kernel"]) * r[l + 1], axis=-1)
         return e
 
-    def layer_field(self, params: Params, state: State, x: jax.Array, l: int) -> jax.Array:
-        """h_l = W_{l-1}^T rho(s_{l-1}) + W_l rho(s_{l+1}) + b_{l-1} = -dE_int/d rho(s_l)."""
-        if self.quadratic != "activity":
-            return super().layer_field(params, state, x, l)
-        layers = (x,) + tuple(state)
-        below = params[layer_name(l - 1)]
-        h = self.rho(l - 1)(layers[l - 1]) @ below["kernel"] + below["bias"]
-        if l + 1 < len(layers):
-            h = h + self.rho(l + 1)(layers[l + 1]) @ params[layer_name(l)]["kernel"].T
+    # ---- relaxation: closed forms of the state gradient and the fields ---------------------
+    def input_drive(self, params: Params, x: jax.Array) -> jax.Array:
+        """rho_0(x) W_0 + b_0: the clamped input's (loop-invariant) part of layer 1's field.
+
+        The largest product of a relaxation step; ``relax`` computes it once and the EP rules
+        share it between the free and nudged phases, so it is done once per training step.
+        """
+        p = params[layer_name(0)]
+        return self.rho(0)(x) @ p["kernel"] + p["bias"]
+
+    def _activities(self, state: State, in_box: bool):
+        """rho(s_l) of the free layers and the vjp of each rho (None where rho is the identity)."""
+        if in_box and self.identity_on_unit_box:
+            return list(state), [None] * len(state)
+        pairs = [jax.vjp(self.rho(l), s) for l, s in enumerate(state, start=1)]
+        return [r for r, _ in pairs], [back for _, back in pairs]
+
+    def _field(self, params: Params, r: list, drive: jax.Array, l: int) -> jax.Array:
+        """h_l = W_{l-1}^T r_{l-1} + b_{l-1} + W_l r_{l+1} from the free activities ``r``."""
+        if l == 1:
+            h = drive
+        else:
+            below = params[layer_name(l - 1)]
+            h = r[l - 2] @ below["kernel"] + below["bias"]
+        if l < len(r):
+            h = h + r[l] @ params[layer_name(l)]["kernel"].T
         return h
+
+    def state_grad(self, params: Params, state: State, x: jax.Array, *, drive=None,
+                   in_box: bool = False) -> State:
+        """Closed form of dE/ds_l (the same numbers as ``jax.grad`` up to float rounding):
+
+            activity:  dE/ds_l = rho_l'(s_l) (rho_l(s_l) - h_l)        state:  s_l - rho_l'(s_l) h_l
+
+        with h_l = W_{l-1}^T rho(s_{l-1}) + b_{l-1} + W_l rho(s_{l+1}) (``_field``), rho' applied
+        as rho's vjp (for the hard sigmoid: zero outside the closed interval [0, 1], as torch).
+        ``in_box=True`` (states known in [0, 1], hard sigmoids) skips rho and rho', which are
+        then exactly the identity: the loop body is two products and one elementwise pass.
+        """
+        state = tuple(state)
+        if drive is None:
+            drive = self.input_drive(params, x)
+        r, backs = self._activities(state, in_box)
+        grads = []
+        for l, s in enumerate(state, start=1):
+            h = self._field(params, r, drive, l)
+            back = backs[l - 1]
+            if self.quadratic == "activity":
+                g = r[l - 1] - h
+                grads.append(g if back is None else back(g)[0])
+            else:
+                grads.append(s - (h if back is None else back(h)[0]))
+        return tuple(grads)
+
+    def layer_field(self, params: Params, state: State, x: jax.Array, l: int, *, drive=None,
+                    in_box: bool = False) -> jax.Array:
+        """h_l = W_{l-1}^T rho(s_{l-1}) + W_l rho(s_{l+1}) + b_{l-1} = -dE_int/d rho(s_l).
+
+        ``drive``: ``input_drive(params, x)`` if already computed (layer 1's input part);
+        ``in_box``: the states lie in [0, 1] and rho is the hard sigmoid (rho skipped, exactly).
+        """
+        if self.quadratic != "activity":
+            return super().layer_field(params, state, x, l, drive=drive, in_box=in_box)
+        state = tuple(state)
+        if in_box and self.identity_on_unit_box:
+            r = list(state)
+        else:
+            r = [self.rho(k)(s) for k, s in enumerate(state, start=1)]
+        if l == 1 and drive is None:
+            drive = self.input_drive(params, x)
+        return self._field(params, r, drive, l)
 
     def param_grad_difference(self, params, x, state_a, state_b, scale):
         """Closed form of scale * (dE/dtheta(s_a) - dE/dtheta(s_b)) (E is linear in theta):

@@ -23,15 +23,16 @@ from ep_jax.solvers import relax
 VARIANTS = ("one-sided", "random-sign", "symmetric")
 
 
-def free_phase(energy, params, x, state0, phases: Phases):
-    """Relaxes E alone from ``state0``."""
-    return relax(energy, params, x, state0, solver=phases.free, cost=phases.cost)
+def free_phase(energy, params, x, state0, phases: Phases, drive=None):
+    """Relaxes E alone from ``state0`` (``drive``: a shared ``energy.input_drive(params, x)``)."""
+    return relax(energy, params, x, state0, solver=phases.free, cost=phases.cost, drive=drive)
 
 
-def nudged_phase(energy, params, x, target, state0, beta, phases: Phases):
+def nudged_phase(energy, params, x, target, state0, beta, phases: Phases, drive=None):
     """Relaxes E + beta * C from ``state0`` (normally the free state)."""
     return relax(
-        energy, params, x, state0, target=target, beta=beta, cost=phases.cost, solver=phases.nudged
+        energy, params, x, state0, target=target, beta=beta, cost=phases.cost, solver=phases.nudged,
+        drive=drive,
     )
 
 
@@ -65,7 +66,9 @@ def ep_gradient(
     if not phases.beta > 0:
         raise ValueError(f"beta: expected > 0 (the variant sets the sign), received {phases.beta}")
     state0 = energy.init_state(params, x, state0)
-    s0, free_stats = free_phase(energy, params, x, state0, phases)
+    # The clamped input's product, once for all phases (relax would otherwise take it per phase).
+    drive = energy.input_drive(params, x)
+    s0, free_stats = free_phase(energy, params, x, state0, phases, drive)
 
     beta = jnp.asarray(phases.beta, x.dtype)
     if variant == "random-sign":
@@ -73,9 +76,9 @@ def ep_gradient(
             raise ValueError("key: expected a PRNG key for variant='random-sign', received None")
         beta = beta * jax.random.rademacher(key, (), dtype=x.dtype)
 
-    s_plus, plus_stats = nudged_phase(energy, params, x, target, s0, beta, phases)
+    s_plus, plus_stats = nudged_phase(energy, params, x, target, s0, beta, phases, drive)
     if variant == "symmetric":
-        s_minus, minus_stats = nudged_phase(energy, params, x, target, s0, -beta, phases)
+        s_minus, minus_stats = nudged_phase(energy, params, x, target, s0, -beta, phases, drive)
         grads = energy_grad_difference(energy, params, x, s_plus, s_minus, 0.5 / beta)
     else:
         s_minus, minus_stats = s0, plus_stats
