@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ep_jax.solvers import RelaxStats, all_finite, update_norm
+from ep_jax.solvers import RelaxStats, iterate
 
 LN_EPS = 1e-5  # torch's LayerNorm default; seed 004's model is a torch model
 
@@ -251,31 +251,9 @@ def nudged_phase(params, y, h_free, cfg: ResidualEP = ResidualEP()):
         return optax.apply_updates(hs, updates), opt_state
 
     upper0 = h_free[1:]
-    carry0 = (upper0, tx.init(upper0))
-    if cfg.tol is None:
-        hs, os_ = jax.lax.fori_loop(0, cfg.steps - 1, lambda _, c: step(c), carry0)
-        new, _ = step((hs, os_))
-        residual = update_norm(new, hs)
-        upper, steps = new, jnp.asarray(cfg.steps, jnp.int32)
-        nonfinite = ~all_finite(upper)
-        converged = ~nonfinite
-    else:
-        tol = jnp.asarray(cfg.tol, dtype)
-
-        def cond(c):
-            _, i, res, bad = c
-            return (i < cfg.steps) & (res > tol) & ~bad
-
-        def body(c):
-            (hs, os_), i, _, _ = c
-            new, os_ = step((hs, os_))
-            res = update_norm(new, hs)
-            return (new, os_), i + 1, res, ~jnp.isfinite(res)
-
-        init = (carry0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
-        (upper, _), steps, residual, nonfinite = jax.lax.while_loop(cond, body, init)
-        nonfinite = nonfinite | ~all_finite(upper)
-        converged = (residual <= tol) & ~nonfinite
+    (upper, _), steps, residual, nonfinite, converged = iterate(
+        step, (upper0, tx.init(upper0)), cfg.steps, cfg.tol, state_of=lambda c: c[0]
+    )
     stats = RelaxStats(steps, residual, jnp.mean(per_example(upper)), converged, nonfinite)
     return (h0,) + tuple(upper), stats
 

@@ -175,6 +175,56 @@ def all_finite(state: State) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(s)) for s in state]))
 
 
+def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_step=None,
+            state_of=lambda carry: carry):
+    """The loop of every relaxation: ``carry <- step(carry)`` without host synchronisation.
+
+    ``tol=None``: exactly ``max_steps`` steps (a ``fori_loop``; the update norm of the last step
+    only). Otherwise a ``while_loop`` until the update norm ``max_b ||s_{t+1} - s_t||`` of
+    ``state_of(carry)`` is ``<= tol``, a non-finite norm, or ``max_steps`` steps.
+    ``first_step`` (if given) replaces ``step`` for step 1, which then runs outside the loop.
+
+    Returns ``(carry, steps, residual, nonfinite, converged)``.
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps: expected >= 1, received {max_steps}")
+    dtype = jax.tree.leaves(state_of(carry0))[0].dtype
+    if tol is None:
+        carry, n_loop = carry0, max_steps - 1
+        if first_step is not None:
+            if n_loop == 0:
+                step = first_step
+            else:
+                carry, n_loop = first_step(carry0), n_loop - 1
+        carry = jax.lax.fori_loop(0, n_loop, lambda _, c: step(c), carry)
+        last = step(carry)
+        residual = update_norm(state_of(last), state_of(carry))
+        nonfinite = ~all_finite(state_of(last))
+        return last, jnp.asarray(max_steps, jnp.int32), residual, nonfinite, ~nonfinite
+
+    tol = jnp.asarray(tol, dtype)
+
+    def cond(c):
+        _, i, res, bad = c
+        return (i < max_steps) & (res > tol) & ~bad
+
+    def body(c):
+        carry, i, _, _ = c
+        new = step(carry)
+        res = update_norm(state_of(new), state_of(carry))
+        return new, i + 1, res, ~jnp.isfinite(res)
+
+    if first_step is not None:
+        first = first_step(carry0)
+        res0 = update_norm(state_of(first), state_of(carry0))
+        init = (first, jnp.asarray(1, jnp.int32), res0, ~jnp.isfinite(res0))
+    else:
+        init = (carry0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
+    carry, steps, residual, nonfinite = jax.lax.while_loop(cond, body, init)
+    nonfinite = nonfinite | ~all_finite(state_of(carry))
+    return carry, steps, residual, nonfinite, (residual <= tol) & ~nonfinite
+
+
 def relax(
     energy: LayeredEnergy,
     params: Params,
@@ -234,8 +284,6 @@ def relax(
             )
         state0 = state0[:-1] + (clamp_output,)
 
-    if solver.max_steps < 1:
-        raise ValueError(f"max_steps: expected >= 1, received {solver.max_steps}")
     if drive is None:
         drive = energy.input_drive(params, x)
     # After one step the states lie in [0, 1] (a held output layer may not).
@@ -245,41 +293,11 @@ def relax(
         new = solver.step(energy, params, x, s, target, beta, cost, drive=drive, in_box=in_box)
         return new if clamp_output is None else new[:-1] + (clamp_output,)
 
-    if solver.tol is None:
-        # The update norm is only needed for the last step; the loop body stays a bare update.
-        state, n_loop, later = state0, solver.max_steps - 1, False
-        if box and n_loop >= 1:
-            state, n_loop, later = step(state0, False), n_loop - 1, True
-        state = jax.lax.fori_loop(0, n_loop, lambda _, s: step(s, later), state)
-        last = step(state, later)
-        residual = update_norm(last, state)
-        state = last
-        steps = jnp.asarray(solver.max_steps, jnp.int32)
-        nonfinite = ~all_finite(state)
-        converged = ~nonfinite
-    else:
-        tol = jnp.asarray(solver.tol, dtype)
-
-        def cond(carry):
-            _, i, res, bad = carry
-            return (i < solver.max_steps) & (res > tol) & ~bad
-
-        def body(carry):
-            s, i, _, _ = carry
-            new = step(s, box)
-            res = update_norm(new, s)
-            return new, i + 1, res, ~jnp.isfinite(res)
-
-        if box:  # the first step (from any state0) outside the loop, in_box after it
-            first = step(state0, False)
-            res0 = update_norm(first, state0)
-            init = (first, jnp.asarray(1, jnp.int32), res0, ~jnp.isfinite(res0))
-        else:
-            init = (state0, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
-        state, steps, residual, nonfinite = jax.lax.while_loop(cond, body, init)
-        nonfinite = nonfinite | ~all_finite(state)
-        converged = (residual <= tol) & ~nonfinite
-
+    # The first step (from any state0) runs outside the loop when the later ones can be in_box.
+    state, steps, residual, nonfinite, converged = iterate(
+        lambda s: step(s, box), state0, solver.max_steps, solver.tol,
+        first_step=(lambda s: step(s, False)) if box else None,
+    )
     f = jnp.mean(total_energy(energy, params, state, x, target, beta, cost))
     return state, RelaxStats(steps, residual, f, converged, nonfinite)
 
