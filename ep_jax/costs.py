@@ -1,18 +1,25 @@
-"""Costs C(s_out, y) on the output layer and the total energy F = E + beta * C.
+"""Costs C(s_out, y; theta) on the energy's output and the total energy F = E + beta * C.
 
-A cost maps the output-layer state ``(batch, n_out)`` and a target to per-example costs
-``(batch,)``. Targets may be integer class labels ``(batch,)`` (one-hot encoded here) or
-dense targets ``(batch, n_out)``.
+A cost is a callable ``cost(output, target) -> (batch,)`` on the energy's output
+(``energy.output(state)``); parameter-free costs (``squared_error``, ``cross_entropy``, any
+two-argument function) take integer class labels ``(batch,)`` (one-hot encoded) or dense targets
+``(batch, n_out)``. A cost with parameters (``SoftmaxReadout``: a linear readout inside the cost,
+as seed 004's head or Laborieux et al. 2021's softmax readout) says so with ``has_params = True``
+and is called ``cost(output, target, params)`` with the model's params (``apply_cost``); the
+learning rules differentiate F, not E, so the readout is learnt without a special case.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
+from flax import linen as nn
 
-Cost = Callable[[jax.Array, jax.Array], jax.Array]
+Cost = Callable[..., jax.Array]  # cost(output, target[, params]) -> (batch,)
 
 
 def as_dense_target(target: jax.Array, n_out: int, dtype) -> jax.Array:
@@ -43,6 +50,71 @@ def cross_entropy(output: jax.Array, target: jax.Array) -> jax.Array:
     return -jnp.sum(y * jax.nn.log_softmax(output, axis=-1), axis=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class SoftmaxReadout:
+    """Softmax cross-entropy of a linear readout of the output: a cost with parameters.
+
+        logits = norm(s_out) W + b,   C = -log softmax(logits)_y
+
+    with ``norm`` an optional LayerNorm (``params[norm]``: ``scale``, ``bias``; seed 004's output
+    LayerNorm) and ``W, b = params[head]["kernel"], params[head]["bias"]``. Targets are integer
+    labels ``(batch,)``.
+
+    Attributes:
+      head: the key of the readout's Dense parameters in the model's params.
+      norm: the key of a LayerNorm applied first, or ``None``.
+      eps: the LayerNorm's epsilon (torch's default 1e-5).
+    """
+
+    head: str = "head"
+    norm: Optional[str] = None
+    eps: float = 1e-5
+    has_params = True
+    dense_target = False  # integer labels go to the cost as they are
+
+    def logits(self, output: jax.Array, params) -> jax.Array:
+        z = output
+        if self.norm is not None:
+            z = nn.LayerNorm(epsilon=self.eps).apply({"params": params[self.norm]}, z)
+        p = params[self.head]
+        return z @ p["kernel"] + p["bias"]
+
+    def __call__(self, output: jax.Array, target: jax.Array, params) -> jax.Array:
+        target = jnp.asarray(target)
+        if target.ndim != 1 or not jnp.issubdtype(target.dtype, jnp.integer):
+            raise ValueError(
+                f"target: expected integer labels of shape (batch,), received {target.shape} "
+                f"{target.dtype}"
+            )
+        return optax.softmax_cross_entropy_with_integer_labels(self.logits(output, params), target)
+
+
+def apply_cost(cost: Cost, output: jax.Array, target: jax.Array, params) -> jax.Array:
+    """``cost(output, target)``, or ``cost(output, target, params)`` for a cost with parameters."""
+    if getattr(cost, "has_params", False):
+        return cost(output, target, params)
+    return cost(output, target)
+
+
+def logits(cost: Cost, output: jax.Array, params) -> jax.Array:
+    """The class scores a cost reads off the output (the output itself for parameter-free costs)."""
+    read = getattr(cost, "logits", None)
+    return output if read is None else read(output, params)
+
+
+def classification_error(scores: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of examples whose argmax score is not the label."""
+    return jnp.mean((jnp.argmax(scores, axis=-1) != labels).astype(scores.dtype))
+
+
+def prepare_target(cost: Cost, target: jax.Array, output: jax.Array) -> jax.Array:
+    """Targets as the cost takes them: dense ``(batch, n_out)`` rows for parameter-free costs
+    (done once, outside relaxation loops), unchanged for costs that take labels."""
+    if not getattr(cost, "dense_target", True):
+        return jnp.asarray(target)
+    return as_dense_target(target, output.shape[-1], output.dtype)
+
+
 COSTS: dict[str, Cost] = {"squared_error": squared_error, "cross_entropy": cross_entropy}
 
 # Upper bounds on the curvature of each cost in s_out (largest Hessian eigenvalue): 2 for
@@ -66,7 +138,7 @@ def get_cost(name_or_fn: str | Cost) -> Cost:
 
 
 def total_energy(energy, params, state, x, target=None, beta=0.0, cost: Cost = squared_error):
-    """F(s) = E(s) + beta * C(s_out, y), per example, shape ``(batch,)``.
+    """F(s) = E(s) + beta * C(output(s), y; theta), per example, shape ``(batch,)``.
 
     With ``target=None`` the cost term is dropped (the free phase); ``beta`` may be a traced
     scalar so one compiled function serves the free and both nudged phases.
@@ -74,4 +146,4 @@ def total_energy(energy, params, state, x, target=None, beta=0.0, cost: Cost = s
     e = energy(params, state, x)
     if target is None:
         return e
-    return e + jnp.asarray(beta, e.dtype) * cost(state[-1], target)
+    return e + jnp.asarray(beta, e.dtype) * apply_cost(cost, energy.output(state), target, params)

@@ -204,7 +204,7 @@ def credit_diagnostics(
     ``cross_entropy_change``).
     """
     h_free = free_phase(params, x)
-    h_nudged, stats = nudged_phase(params, y, h_free, cfg)
+    h_nudged, stats = nudged_phase(params, x, y, h_free, cfg)
     bp = state_gradients(params, x, y)
     beta = jnp.asarray(cfg.beta, x.dtype)
     res = residual_credits(params, h_nudged, beta)

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ep_jax.costs import Cost, squared_error
-from ep_jax.energies.base import LayeredEnergy, Params, State
+from ep_jax.costs import Cost, apply_cost, squared_error
+from ep_jax.energies.base import Energy, Params, State
 from ep_jax.solvers import Solver, relax
 
 
@@ -42,13 +42,13 @@ class ImplicitInfo(NamedTuple):
 
 def _active_mask(state: State, bounds) -> State:
     if bounds is None:
-        return tuple(jnp.ones_like(s) for s in state)
+        return jax.tree.map(jnp.ones_like, state)
     lo, hi = bounds
-    return tuple(((s > lo) & (s < hi)).astype(s.dtype) for s in state)
+    return jax.tree.map(lambda s: ((s > lo) & (s < hi)).astype(s.dtype), state)
 
 
 def implicit_gradient(
-    energy: LayeredEnergy,
+    energy: Energy,
     params: Params,
     x: jax.Array,
     target: jax.Array,
@@ -67,8 +67,8 @@ def implicit_gradient(
     Returns:
       ``(grads, ImplicitInfo)``.
     """
+    state = energy.init_state(params, x, state)
     energy.check_inputs(params, state, x)
-    state = tuple(state)
     batch = x.shape[0]
     mask = _active_mask(state, bounds)
 
@@ -76,11 +76,14 @@ def implicit_gradient(
         flat, unravel = ravel_pytree(s_b)
         mflat, _ = ravel_pytree(m_b)
 
+        def one(f):
+            return jax.tree.map(lambda v: v[None], unravel(f))
+
         def e(f):
-            return energy(params, tuple(v[None] for v in unravel(f)), x_b[None])[0]
+            return energy(params, one(f), x_b[None])[0]
 
         def c(f):
-            return cost(unravel(f)[-1][None], y_b[None])[0]
+            return apply_cost(cost, energy.output(one(f)), y_b[None], params)[0]
 
         g_e = jax.grad(e)(flat)
         h = jax.hessian(e)(flat)
@@ -90,20 +93,24 @@ def implicit_gradient(
         eig = jnp.linalg.eigvalsh(h)[0]
         return unravel(lam), jnp.max(jnp.abs(mflat * g_e)), eig
 
-    per_ex_state = tuple(state)
-    lam, stat, eig = jax.vmap(per_example)(per_ex_state, mask, x, target)
+    lam, stat, eig = jax.vmap(per_example)(state, mask, x, target)
 
     def coupling(p):
         g_s = jax.grad(lambda s: jnp.sum(energy(p, s, x)))(state)
-        return sum(jnp.sum(a * b) for a, b in zip(g_s, lam))
+        return sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(g_s), jax.tree.leaves(lam)))
 
     grads = jax.tree.map(jnp.negative, jax.grad(coupling)(params))
-    active = sum(jnp.sum(m) for m in mask) / sum(m.size for m in mask)
+    if getattr(cost, "has_params", False):  # the cost's direct dependence on theta (a readout)
+        out = energy.output(state)
+        direct = jax.grad(lambda p: jnp.mean(apply_cost(cost, out, target, p)))(params)
+        grads = jax.tree.map(jnp.add, grads, direct)
+    masks = jax.tree.leaves(mask)
+    active = sum(jnp.sum(m) for m in masks) / sum(m.size for m in masks)
     return grads, ImplicitInfo(jnp.max(stat), jnp.min(eig), active)
 
 
 def bptt_gradient(
-    energy: LayeredEnergy,
+    energy: Energy,
     params: Params,
     x: jax.Array,
     target: jax.Array,
@@ -120,7 +127,7 @@ def bptt_gradient(
 
     def loss(p):
         s, _ = relax(energy, p, x, state0, solver=solver, cost=cost)
-        return jnp.mean(cost(s[-1], target))
+        return jnp.mean(apply_cost(cost, energy.output(s), target, p))
 
     return jax.grad(loss)(params)
 

@@ -1,32 +1,57 @@
-"""Per-layer optimizers: the seeds' ``alphas`` (one learning rate per connection) via optax."""
+"""One optimizer factory: per-part learning rates, schedules, clipping and weight decay via optax.
+
+Parameters are grouped into *parts* by their top-level key (``layer_l`` of a layered energy;
+``embed``, ``block_l``, ``head`` of the residual MLP), optionally merged by ``groups`` (seed 004
+trains the output LayerNorm with the head: ``groups={"out_ln": "head"}``). Each part gets its own
+optimizer instance and rate (the seeds' per-layer ``alphas``; seed 004's per-part AdamW)::
+
+    g <- g * min(1, grad_clip / ||g||)              (optional, over all parameters)
+    theta_part <- opt(g_part; eta_part(t))          eta(t) = eta (constant) or
+                                                    eta (1 + cos(pi t / T)) / 2 (cosine, T steps)
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import optax
 
-from ep_jax.energies.base import layer_name
+from ep_jax.energies.layered import layer_name
+
+OPTIMIZERS = {
+    "sgd": lambda lr, wd: optax.sgd(lr),
+    "momentum": lambda lr, wd: optax.sgd(lr, momentum=0.9),
+    "adam": lambda lr, wd: optax.adam(lr),
+    "adamw": lambda lr, wd: optax.adamw(lr, weight_decay=wd),
+}
+SCHEDULES = ("constant", "cosine")
+Rates = Union[float, Sequence[float], Mapping[str, float]]
+
+
+def per_part(make: Callable[[float], optax.GradientTransformation], rates: Mapping[str, float],
+             groups: Optional[Mapping[str, str]] = None) -> optax.GradientTransformation:
+    """``optax.multi_transform`` giving every top-level part ``k`` of the params the optimizer
+    ``make(rates[groups.get(k, k)])``. Every part must have a rate; every rate a part."""
+    groups = dict(groups or {})
+    transforms = {name: make(float(r)) for name, r in rates.items()}
+
+    def labels(params):
+        got = {groups.get(k, k) for k in params}
+        if got != set(transforms):
+            raise ValueError(
+                f"rates: expected one learning rate per parameter part {sorted(got)}, received "
+                f"rates for {sorted(transforms)}"
+            )
+        return {k: jax.tree.map(lambda _, k=k: groups.get(k, k), sub) for k, sub in params.items()}
+
+    return optax.multi_transform(transforms, labels)
 
 
 def per_layer(make: Callable[[float], optax.GradientTransformation], rates: Sequence[float]):
-    """``optax.multi_transform`` giving ``layer_l`` (kernel and bias) the optimizer ``make(rates[l])``.
-
-    Example: ``per_layer(optax.sgd, [0.1, 0.05])`` is seed 001's W <- W - alpha_l dW.
-    """
-    rates = tuple(float(r) for r in rates)
-    transforms = {layer_name(l): make(r) for l, r in enumerate(rates)}
-
-    def labels(params):
-        if sorted(params) != sorted(transforms):
-            raise ValueError(
-                f"rates: expected one learning rate per layer {sorted(params)}, "
-                f"received {len(rates)} rates"
-            )
-        return {name: jax.tree.map(lambda _: name, sub) for name, sub in params.items()}
-
-    return optax.multi_transform(transforms, labels)
+    """``layer_l`` (kernel and bias) gets ``make(rates[l])``; e.g. ``per_layer(optax.sgd,
+    [0.1, 0.05])`` is seed 001's W <- W - alpha_l dW."""
+    return per_part(make, {layer_name(l): r for l, r in enumerate(rates)})
 
 
 def per_layer_sgd(rates: Sequence[float]) -> optax.GradientTransformation:
@@ -34,27 +59,26 @@ def per_layer_sgd(rates: Sequence[float]) -> optax.GradientTransformation:
     return per_layer(optax.sgd, rates)
 
 
-OPTIMIZERS = {
-    "sgd": optax.sgd,
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-    "adam": optax.adam,
-    "adamw": optax.adamw,
-}
-SCHEDULES = ("constant", "cosine")
-
-
 def make_optimizer(
     name: str,
-    rates: Sequence[float],
+    rates: Rates,
     *,
     schedule: str = "constant",
     total_steps: int = 0,
-    grad_clip: float | None = None,
+    grad_clip: Optional[float] = None,
+    weight_decay: float = 0.0,
+    groups: Optional[Mapping[str, str]] = None,
 ) -> optax.GradientTransformation:
-    """Per-layer ``name`` optimizer with rates ``rates[l]``, an optional schedule and clipping.
+    """The optimizer of every learner.
 
-    ``schedule="cosine"`` decays every rate as eta_t = eta_l (1 + cos(pi t / T)) / 2 over
-    ``T = total_steps``; ``grad_clip`` clips the whole update to that global norm first.
+    Args:
+      name: ``"sgd"``, ``"momentum"`` (0.9), ``"adam"`` or ``"adamw"``.
+      rates: one rate per layer (a sequence: ``layer_l`` gets ``rates[l]``), one per part (a
+        mapping, e.g. ``{"embed": 1e-3, "block_0": 1e-3, "head": 3e-3}``), or one for all.
+      schedule: ``"constant"`` or ``"cosine"`` (decay to 0 over ``total_steps``).
+      grad_clip: clip the whole gradient to this global norm first (``None``: no clipping).
+      weight_decay: AdamW's decoupled weight decay (``adamw`` only; must be 0 otherwise).
+      groups: merges parts under one rate (``{"out_ln": "head"}``).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, received {name!r}")
@@ -62,12 +86,24 @@ def make_optimizer(
         raise ValueError(f"schedule: expected one of {SCHEDULES}, received {schedule!r}")
     if schedule == "cosine" and total_steps < 1:
         raise ValueError(f"total_steps: expected >= 1 with a cosine schedule, received {total_steps}")
+    if weight_decay and name != "adamw":
+        raise ValueError(
+            f"weight_decay: only 'adamw' decays weights here, received {weight_decay} with {name!r}"
+        )
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"grad_clip: expected None or > 0, received {grad_clip!r}")
 
     def make(rate):
         lr = optax.cosine_decay_schedule(rate, total_steps) if schedule == "cosine" else rate
-        return OPTIMIZERS[name](lr)
+        return OPTIMIZERS[name](lr, weight_decay)
 
-    tx = per_layer(make, rates)
+    if isinstance(rates, Mapping):
+        tx = per_part(make, rates, groups)
+    elif isinstance(rates, (int, float)):
+        tx = make(float(rates))
+    else:
+        tx = per_layer(make, rates) if groups is None else per_part(
+            make, {layer_name(l): r for l, r in enumerate(rates)}, groups)
     if grad_clip is not None:
         tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
     return tx

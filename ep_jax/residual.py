@@ -1,4 +1,4 @@
-"""Feed-forward residual EP (seed 004): a residual MLP whose free phase is its forward pass.
+"""Feed-forward residual EP (seed 004) on the core: a residual energy, a readout cost, an optax solver.
 
 Model (``ResidualMLP``, Flax)::
 
@@ -8,40 +8,35 @@ Model (``ResidualMLP``, Flax)::
 
 Pre-norm blocks of width ``d`` (``d -> d -> d``, exact erf GELU, LayerNorm eps 1e-5 as torch's),
 so the port of seed 004's missing ``ResidualMLP`` in ``tests/reference/seed004.py`` is the same
-function. Energy and cost::
+function. As an ``Energy`` (``ResidualEnergy``) over the state ``(h_1, ..., h_L)``::
 
-    E(h) = 1/2 sum_{l=0}^{L-1} ||h_{l+1} - h_l - F_l(h_l)||^2 = 1/2 sum_l ||r_l||^2,
-    C(h_L, y) = -log softmax(head(LayerNorm_out(h_L)))_y.
+    E(h; x) = 1/2 sum_{l=0}^{L-1} ||h_{l+1} - h_l - F_l(h_l)||^2 = 1/2 sum_l ||r_l||^2,  h_0 = embed(x)
+    C(h_L, y; theta) = -log softmax(head(LayerNorm_out(h_L)))_y       (``costs.SoftmaxReadout``)
 
-E >= 0 and E = 0 exactly at the forward pass, so the free phase is the forward pass. The nudged
-phase minimises ``E + beta C`` over ``h_1 .. h_L`` (``h_0`` fixed) with an optax optimizer inside
-a ``lax.fori_loop`` (or a ``while_loop`` with a tolerance), warm-started at the free state.
+E >= 0 and E = 0 exactly at the forward pass, so the free phase is ``init_state(params, x,
+"feedforward")`` checked by the ``Stationary`` solver; the nudged phase minimises E + beta C with
+``OptaxSolver(optax.sgd(0.1), 20)``; the gradient is the ``ep`` rule's total-energy difference
 
-Gradient (``residual_ep_gradient``), with s^beta the nudged and s^0 the free states:
+    g = [ dF/dtheta(s^beta, beta) - dF/dtheta(s^0, 0) ] / beta
+      = [ dE/dtheta(s^beta) - dE/dtheta(s^0) ] / beta + dC/dtheta_head(s^beta_L),
 
-    g = [ dE/dtheta(s^beta) - dE/dtheta(s^0) ] / beta + dC/dtheta_out(s^beta_L)
+which yields seed 004's head update without a special case. With h_0 = embed(x; theta) inside E
+the embedding's term is exact (as beta -> 0 with the nudged phase converged, g is the backprop
+gradient of the mean cross-entropy). The seed's two departures stay selectable, under names that
+say what they do:
 
-For a block, dE/dtheta_l = -r_l . dF_l/dtheta_l. For the embedding there are two options:
-
-* ``embed_grad="exact"`` (default): E seen as a function of theta_e through h_0 = embed(x), so
-  dE/dtheta_e = (dE/dh_0) dh_0/dtheta_e with dE/dh_0 = -(I + dF_0/dh_0)^T r_0. This is the EP
-  estimator of the whole parameter vector; as beta -> 0 (with the nudged phase converged) g is
-  exactly the backprop gradient of the mean cross-entropy (``tests/test_residual.py``). It costs
-  one extra VJP through block 0.
-* ``embed_grad="seed004"``: the seed's approximation -r_0 . dh_0/dtheta_e, which drops the
-  Jacobian of the first block.
-
-Batch scaling: ``batch_scaling="per-example"`` (default) minimises the *sum* over the batch of
-E + beta C in the nudged phase (each example's state takes steps of ``learning_rate``,
-independent of the batch size) and averages the gradient over the batch.
-``batch_scaling="seed004"`` reproduces the seed: the inner objective is the batch *mean* (each
-example moves by ``learning_rate / B`` per step, so 20 steps at B = 128 barely leave the free
-state, and the signal reaches block l only as (lr/B)^(L-l)), while the block and embedding
-gradients are *summed* over the batch; the head gradient is the batch mean in both modes.
+* ``embedding_gradient="identity-path"``: the embedding's credit flows only through the identity
+  path of r_0 = h_1 - h_0 - F_0(h_0), dropping block 0's Jacobian (the seed's -r_0 . dh_0/dtheta_e;
+  cosine ~0.89 with the true embedding gradient);
+* ``batch_scaling="batch-mean"``: the nudged phase minimises the batch *mean* of E + beta C (each
+  example moves by lr/B per step: ``OptaxSolver(reduction="mean")``) and the energy's gradient is
+  summed over the batch (``Phases(energy_grad_reduction="sum")``), the head's averaged.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import NamedTuple, Optional
 
 import flax
@@ -50,7 +45,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ep_jax.solvers import RelaxStats, iterate
+from ep_jax.costs import SoftmaxReadout
+from ep_jax.energies.base import Energy
+from ep_jax import rules
+from ep_jax.optim import make_optimizer
+from ep_jax.rules import Phases, ep_gradient
+from ep_jax.solvers import OptaxSolver, RelaxStats, Stationary, relax
 
 LN_EPS = 1e-5  # torch's LayerNorm default; seed 004's model is a torch model
 
@@ -121,11 +121,12 @@ def block(params, l: int, h):
     return ResidualBlock(d).apply({"params": params[f"block_{l}"]}, h)
 
 
+READOUT = SoftmaxReadout(head="head", norm="out_ln", eps=LN_EPS)
+
+
 def readout(params, h_L):
     """Logits head(LayerNorm_out(h_L))."""
-    z = nn.LayerNorm(epsilon=LN_EPS).apply({"params": params["out_ln"]}, h_L)
-    p = params["head"]
-    return z @ p["kernel"] + p["bias"]
+    return READOUT.logits(h_L, params)
 
 
 def check_input(params, x, name: str = "x") -> None:
@@ -164,23 +165,110 @@ def residual_energy(params, hiddens):
 
 def output_cost(params, h_L, y):
     """Softmax cross-entropy of the readout of h_L against integer labels ``y``: ``(batch,)``."""
-    logits = readout(params, h_L)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return READOUT(h_L, y, params)
 
 
-# --- phases -----------------------------------------------------------------------------------
+# --- the energy -----------------------------------------------------------------------------
 
-INNER_OPTIMIZERS = {
-    "sgd": optax.sgd,
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-    "adam": optax.adam,
-}
-EMBED_GRADS = ("exact", "seed004")
-BATCH_SCALINGS = ("per-example", "seed004")
+EMBEDDING_GRADIENTS = ("exact", "identity-path")
+BATCH_SCALINGS = ("per-example", "batch-mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualEnergy(Energy):
+    """The residual energy over the state ``(h_1, ..., h_L)`` with h_0 = embed(x) (module docstring).
+
+    Attributes:
+      in_dim, d_hidden, n_classes, n_blocks: the ``ResidualMLP``.
+      embedding_gradient: ``"exact"`` or ``"identity-path"`` (seed 004's, block 0's Jacobian
+        dropped from the embedding's gradient; the energy's value is the same).
+    """
+
+    in_dim: int
+    d_hidden: int
+    n_classes: int
+    n_blocks: int
+    embedding_gradient: str = "exact"
+
+    def __post_init__(self):
+        for name in ("in_dim", "d_hidden", "n_classes", "n_blocks"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name}: expected an int >= 1, received {v!r}")
+        if self.embedding_gradient not in EMBEDDING_GRADIENTS:
+            raise ValueError(
+                f"embedding_gradient: expected one of {EMBEDDING_GRADIENTS}, received "
+                f"{self.embedding_gradient!r}"
+            )
+
+    def init_params(self, key, dtype=jnp.float32):
+        return init_residual_mlp(key, self.in_dim, self.d_hidden, self.n_classes, self.n_blocks,
+                                 dtype)
+
+    def state_shapes(self, batch: int, dtype):
+        return tuple(jax.ShapeDtypeStruct((batch, self.d_hidden), dtype)
+                     for _ in range(self.n_blocks))
+
+    def check_params(self, params) -> None:
+        want = {"embed", "out_ln", "head", *(f"block_{l}" for l in range(self.n_blocks))}
+        if not isinstance(params, dict) or set(params) != want:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"params: expected parts {sorted(want)}, received {got}")
+        shape = jnp.shape(params["embed"]["kernel"])
+        if shape != (self.in_dim, self.d_hidden):
+            raise ValueError(
+                f"params['embed']['kernel']: expected shape {(self.in_dim, self.d_hidden)}, "
+                f"received {shape}"
+            )
+
+    def param_dtype(self, params):
+        return jnp.result_type(params["embed"]["kernel"])
+
+    def check_x(self, params, x) -> None:
+        if jnp.ndim(x) != 2 or jnp.shape(x)[1] != self.in_dim:
+            raise ValueError(f"x: expected shape (batch, {self.in_dim}), received {jnp.shape(x)}")
+        super().check_x(params, x)
+
+    def _embedded(self, params, h0):
+        """E as a function of h_0 (for ``identity-path``, h_0 reaches block 0 without gradient)."""
+        def energy(p, state):
+            hs = (h0,) + tuple(state)
+            r0_input = h0 if self.embedding_gradient == "exact" else jax.lax.stop_gradient(h0)
+            first = hs[1] - h0 - block(p, 0, r0_input)
+            rest = residuals(p, hs[1:])
+            return sum(0.5 * jnp.sum(r * r, axis=-1) for r in (first, *rest))
+
+        return energy
+
+    def __call__(self, params, state, x):
+        return self._embedded(params, embed(params, x))(params, state)
+
+    def input_drive(self, params, x):
+        """h_0 = embed(x): computed once per training step, not once per nudged step."""
+        return embed(params, x)
+
+    def state_grad(self, params, state, x, *, drive=None, in_box=False):
+        h0 = embed(params, x) if drive is None else drive
+        energy = self._embedded(params, h0)
+        return jax.grad(lambda s: jnp.sum(energy(params, s)))(tuple(state))
+
+    def feedforward_state(self, params, x):
+        """The forward pass (h_1, ..., h_L): the exact minimiser of E (E = 0)."""
+        return free_phase(params, x)[1:]
+
+
+@functools.lru_cache(maxsize=None)
+def inner_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    """One optax object per (name, rate), so equal configurations give equal (hashable) solvers."""
+    makers = {"sgd": optax.sgd, "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+              "adam": optax.adam}
+    if name not in makers:
+        raise ValueError(f"optimizer: expected one of {sorted(makers)}, received {name!r}")
+    return makers[name](learning_rate)
 
 
 class ResidualEP(NamedTuple):
-    """Configuration of residual EP (hashable: a static argument of ``jax.jit``).
+    """Residual EP's settings, turned into the core's energy and phases (hashable).
 
     Attributes:
       beta: nudging strength (seed 004: 0.5).
@@ -189,8 +277,9 @@ class ResidualEP(NamedTuple):
       optimizer: ``"sgd"``, ``"momentum"`` or ``"adam"`` (optax) on the states.
       tol: stop when the update norm ``max_b ||h_{t+1} - h_t||`` is ``<= tol``; ``None``: fixed
         ``steps``.
-      embed_grad: ``"exact"`` or ``"seed004"`` (see the module docstring).
-      batch_scaling: ``"per-example"`` or ``"seed004"`` (see the module docstring).
+      embedding_gradient: ``"exact"`` or ``"identity-path"`` (see the module docstring).
+      batch_scaling: ``"per-example"`` or ``"batch-mean"`` (see the module docstring).
+      free_tol: the stationarity check of the free phase (the forward pass).
     """
 
     beta: float = 0.5
@@ -198,8 +287,9 @@ class ResidualEP(NamedTuple):
     learning_rate: float = 0.1
     optimizer: str = "sgd"
     tol: Optional[float] = None
-    embed_grad: str = "exact"
+    embedding_gradient: str = "exact"
     batch_scaling: str = "per-example"
+    free_tol: float = 1e-4
 
     def validate(self) -> None:
         if not self.beta > 0:
@@ -208,125 +298,95 @@ class ResidualEP(NamedTuple):
             raise ValueError(f"steps: expected an int >= 1, received {self.steps!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: expected > 0, received {self.learning_rate}")
-        for name, allowed in (("optimizer", tuple(INNER_OPTIMIZERS)), ("embed_grad", EMBED_GRADS),
+        for name, allowed in (("embedding_gradient", EMBEDDING_GRADIENTS),
                               ("batch_scaling", BATCH_SCALINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, received {getattr(self, name)!r}")
+        inner_optimizer(self.optimizer, self.learning_rate)
+
+    def energy(self, in_dim: int, d_hidden: int, n_classes: int, n_blocks: int) -> ResidualEnergy:
+        self.validate()
+        return ResidualEnergy(in_dim, d_hidden, n_classes, n_blocks, self.embedding_gradient)
+
+    def energy_of(self, params) -> ResidualEnergy:
+        """The energy whose parameters ``params`` are."""
+        d_in, d = params["embed"]["kernel"].shape
+        return self.energy(int(d_in), int(d), int(params["head"]["kernel"].shape[1]),
+                           n_blocks(params))
+
+    def phases(self) -> Phases:
+        """``Stationary`` free phase, ``OptaxSolver`` nudged phase, the readout cost."""
+        self.validate()
+        mean = self.batch_scaling == "batch-mean"
+        nudged = OptaxSolver(inner_optimizer(self.optimizer, self.learning_rate), self.steps,
+                             self.tol, reduction="mean" if mean else "sum")
+        return Phases(self.beta, Stationary(self.free_tol), nudged, READOUT,
+                      energy_grad_reduction="sum" if mean else "mean")
 
 
-def _check_labels(params, y, batch: int) -> None:
+def _check_labels(y, batch: int) -> None:
     if jnp.ndim(y) != 1 or y.shape[0] != batch or not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(
             f"y: expected integer labels of shape ({batch},), received {jnp.shape(y)} {y.dtype}"
         )
 
 
-def nudged_phase(params, y, h_free, cfg: ResidualEP = ResidualEP()):
-    """Minimises E + beta C over h_1..h_L (h_0 fixed) from the free state with an optax optimizer.
+def nudged_phase(params, x, y, h_free, cfg: ResidualEP = ResidualEP()):
+    """Minimises E + beta C over h_1..h_L from the free state ``h_free = (h_0, ..., h_L)``.
 
-    Returns ``(hiddens, RelaxStats)``: ``hiddens[0] is h_free[0]``; ``stats.energy`` is the batch
-    mean of E + beta C at the returned state, ``stats.residual`` the last update norm.
+    Returns ``(hiddens, RelaxStats)`` with ``hiddens[0] is h_free[0]``.
     """
-    cfg.validate()
     h_free = tuple(h_free)
-    _check_labels(params, y, h_free[0].shape[0])
-    h0, dtype = h_free[0], h_free[0].dtype
-    beta = jnp.asarray(cfg.beta, dtype)
-    mean = cfg.batch_scaling == "seed004"
-
-    def per_example(upper):
-        full = (h0,) + upper
-        return residual_energy(params, full) + beta * output_cost(params, upper[-1], y)
-
-    def objective(upper):
-        f = per_example(upper)
-        return jnp.mean(f) if mean else jnp.sum(f)
-
-    tx = INNER_OPTIMIZERS[cfg.optimizer](cfg.learning_rate)
-    grad = jax.grad(objective)
-
-    def step(carry):
-        hs, opt_state = carry
-        updates, opt_state = tx.update(grad(hs), opt_state, hs)
-        return optax.apply_updates(hs, updates), opt_state
-
-    upper0 = h_free[1:]
-    (upper, _), steps, residual, nonfinite, converged = iterate(
-        step, (upper0, tx.init(upper0)), cfg.steps, cfg.tol, state_of=lambda c: c[0]
-    )
-    stats = RelaxStats(steps, residual, jnp.mean(per_example(upper)), converged, nonfinite)
-    return (h0,) + tuple(upper), stats
+    _check_labels(y, h_free[0].shape[0])
+    phases = cfg.phases()
+    state, stats = relax(cfg.energy_of(params), params, x, h_free[1:], target=y, beta=cfg.beta,
+                         cost=phases.cost, solver=phases.nudged, drive=h_free[0])
+    return (h_free[0],) + tuple(state), stats
 
 
 class ResidualEPResult(NamedTuple):
-    """The phases behind a residual EP gradient."""
+    """The phases behind a residual EP gradient (hiddens include h_0)."""
 
     free_state: tuple
     nudged_state: tuple
     nudged_stats: RelaxStats
 
 
-def _energy_with_embedding(params, x, upper):
-    """sum_b E with h_0 = embed(x): E as a function of every parameter, embedding included."""
-    return jnp.sum(residual_energy(params, (embed(params, x),) + tuple(upper)))
-
-
-def _energy_fixed_h0(params, h0, upper):
-    return jnp.sum(residual_energy(params, (h0,) + tuple(upper)))
-
-
 def residual_ep_gradient(params, x, y, cfg: ResidualEP = ResidualEP()):
-    """EP gradient of residual EP: free phase = forward pass, nudged phase, EP difference.
+    """The ``ep`` rule on ``ResidualEnergy`` with ``cfg.phases()``: ``(grads, ResidualEPResult)``.
 
-    Returns ``(grads, ResidualEPResult)``; ``grads`` has the tree of ``params`` and is what
-    optax descends (it estimates d(mean CE)/dtheta). See the module docstring for the equations.
+    ``grads`` has the tree of ``params`` and estimates d(mean CE)/dtheta.
     """
-    cfg.validate()
-    check_input(params, x)
-    _check_labels(params, y, x.shape[0])
-    h_free = free_phase(params, x)
-    h_nudged, stats = nudged_phase(params, y, h_free, cfg)
-    dtype = x.dtype
-    beta = jnp.asarray(cfg.beta, dtype)
-    # Block (and exact embedding) terms: one gradient of the energy difference.
-    scale = (1.0 if cfg.batch_scaling == "seed004" else 1.0 / x.shape[0]) / beta
-    if cfg.embed_grad == "exact":
-        diff = lambda p: (_energy_with_embedding(p, x, h_nudged[1:])
-                          - _energy_with_embedding(p, x, h_free[1:]))
-    else:
-        diff = lambda p: (_energy_fixed_h0(p, h_free[0], h_nudged[1:])
-                          - _energy_fixed_h0(p, h_free[0], h_free[1:]))
-    grads = jax.tree.map(lambda g: scale * g, jax.grad(diff)(params))
-    if cfg.embed_grad == "seed004":
-        # The seed's -r_0 . dh_0/dtheta_e (the Jacobian of block 0 dropped).
-        r0_n = residuals(params, h_nudged)[0]
-        r0_f = residuals(params, h_free)[0]
-        _, vjp = jax.vjp(lambda pe: embed({"embed": pe}, x), params["embed"])
-        (grads["embed"],) = jax.tree.map(lambda g: scale * g, vjp(-(r0_n - r0_f)))
-    # Head and output LayerNorm: dE/dtheta_out = 0, so the EP difference is dC/dtheta_out at s^beta.
-    head = jax.grad(lambda p: jnp.mean(output_cost(p, h_nudged[-1], y)))(
-        {"out_ln": params["out_ln"], "head": params["head"]}
-    )
-    grads["out_ln"], grads["head"] = head["out_ln"], head["head"]
-    return grads, ResidualEPResult(h_free, h_nudged, stats)
+    energy = cfg.energy_of(params)
+    energy.check_inputs(params, None, x)
+    _check_labels(y, x.shape[0])
+    grads, res = ep_gradient(energy, params, x, y, "feedforward", phases=cfg.phases())
+    h0 = embed(params, x)
+    return grads, ResidualEPResult((h0,) + res.free_state, (h0,) + res.nudged_state,
+                                   res.nudged_stats)
 
 
 def backprop_gradient(params, x, y):
-    """d(mean CE)/dtheta by backprop through the forward pass (the BP twin and the reference)."""
-    def loss(p):
-        logits, _ = forward(p, x)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-
-    return jax.grad(loss)(params)
+    """d(mean CE)/dtheta by backprop through the forward pass (the ``backprop`` rule)."""
+    energy = ResidualEP().energy_of(params)
+    grads, _ = rules.backprop_gradient(energy, params, x, y, phases=ResidualEP().phases())
+    return grads
 
 
-# --- optimizer ---------------------------------------------------------------------------------
+def residual_part_rates(n_blocks: int, learning_rate: float,
+                        overrides: Optional[dict] = None) -> dict:
+    """Seed 004's parts ``embed``, ``block_l``, ``head`` (with the output LayerNorm) at one rate,
+    ``overrides`` replacing any of them (e.g. ``{"head": 3e-3}``)."""
+    rates = dict.fromkeys(["embed", "head"] + [f"block_{l}" for l in range(n_blocks)],
+                          float(learning_rate))
+    for k, v in (overrides or {}).items():
+        if k not in rates:
+            raise ValueError(f"part_rates: expected keys among {sorted(rates)}, received {k!r}")
+        rates[k] = float(v)
+    return rates
 
 
-def part_labels(params) -> dict:
-    """``embed``, ``block_l`` and ``head`` (the head with the output LayerNorm): seed 004's parts."""
-    return {k: jax.tree.map(lambda _, k=k: "head" if k == "out_ln" else k, v)
-            for k, v in params.items()}
+PART_GROUPS = {"out_ln": "head"}  # seed 004 trains the output LayerNorm with the head
 
 
 def residual_optimizer(
@@ -339,31 +399,13 @@ def residual_optimizer(
     grad_clip: Optional[float] = 1.0,
     part_rates: Optional[dict] = None,
 ) -> optax.GradientTransformation:
-    """Seed 004's optimizers: global-norm clipping, then one AdamW per part.
+    """Seed 004's optimizers (``make_optimizer``): global-norm clipping, then one AdamW per part
 
-        g <- g * min(1, grad_clip / ||g||)       (over all parameters, torch's clip_grad_norm_)
-        theta_part <- AdamW(g_part; eta_t, weight_decay)  for part in embed, block_l, head
+        g <- g * min(1, grad_clip / ||g||);   theta_part <- AdamW(g_part; eta_t, weight_decay)
 
-    ``eta_t = eta (1 + cos(pi t / T)) / 2`` over ``T = total_steps`` optimizer steps
-    (``schedule="cosine"``; the seed steps torch's CosineAnnealingLR once per epoch, a
-    staircase of the same curve). ``part_rates`` overrides eta per part (e.g. ``{"head": 3e-3}``).
+    for part in embed, block_l, head (+ output LayerNorm); ``part_rates`` overrides eta per part.
+    The seed steps torch's CosineAnnealingLR once per epoch, a staircase of the same curve.
     """
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule: expected 'constant' or 'cosine', received {schedule!r}")
-    if schedule == "cosine" and total_steps < 1:
-        raise ValueError(f"total_steps: expected >= 1 with a cosine schedule, received {total_steps}")
-    parts = ["embed", "head"] + [f"block_{l}" for l in range(n_blocks)]
-    rates = dict.fromkeys(parts, float(learning_rate))
-    for k, v in (part_rates or {}).items():
-        if k not in rates:
-            raise ValueError(f"part_rates: expected keys among {parts}, received {k!r}")
-        rates[k] = float(v)
-
-    def make(rate):
-        lr = optax.cosine_decay_schedule(rate, total_steps) if schedule == "cosine" else rate
-        return optax.adamw(lr, weight_decay=weight_decay)
-
-    tx = optax.multi_transform({k: make(r) for k, r in rates.items()}, part_labels)
-    if grad_clip is not None:
-        tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
-    return tx
+    return make_optimizer("adamw", residual_part_rates(n_blocks, learning_rate, part_rates),
+                          schedule=schedule, total_steps=total_steps, grad_clip=grad_clip,
+                          weight_decay=weight_decay, groups=PART_GROUPS)

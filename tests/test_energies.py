@@ -118,7 +118,7 @@ def test_bad_target_shape():
     ids=["hopfield", "restricted", "conditional_gaussian"],
 )
 def test_param_grad_difference_equals_autodiff(energy):
-    from ep_jax.energies.base import LayeredEnergy
+    from ep_jax.energies.layered import LayeredEnergy
 
     params, x, _ = random_net(energy)
     sa = tuple(jax.random.uniform(jax.random.PRNGKey(i), (5, n), jnp.float64) for i, n in enumerate(energy.sizes[1:]))

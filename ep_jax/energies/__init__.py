@@ -1,9 +1,11 @@
-"""Energies: pure functions ``E(params, state, x) -> (batch,)`` and their registry.
+"""Energies: pure functions ``E(params, state, x) -> (batch,)`` over any state pytree.
 
-Adding an energy: one file defining a ``LayeredEnergy`` subclass and one line in ``ENERGIES``.
+Adding an energy: one file defining an ``Energy`` subclass (``ep_jax.energies.base``) and, to
+make it available by name, one line in ``ENERGIES``.
 """
 
-from ep_jax.energies.base import LayeredEnergy, Params, State, StateInit, layer_name
+from ep_jax.energies.base import Energy, Params, State, StateInit
+from ep_jax.energies.layered import LayeredEnergy, layer_name
 from ep_jax.energies.conditional_gaussian import ConditionalGaussian, conditional_gaussian
 from ep_jax.energies.hopfield import Hopfield, hopfield, restricted_hopfield
 
@@ -14,7 +16,7 @@ ENERGIES = {
 }
 
 
-def make_energy(name: str, sizes, **kwargs) -> LayeredEnergy:
+def make_energy(name: str, sizes, **kwargs) -> Energy:
     """Builds a registered energy by name, e.g. ``make_energy("hopfield", (784, 500, 10))``."""
     try:
         factory = ENERGIES[name]
@@ -23,6 +25,6 @@ def make_energy(name: str, sizes, **kwargs) -> LayeredEnergy:
     return factory(sizes, **kwargs)
 
 __all__ = [
-    "ENERGIES", "ConditionalGaussian", "Hopfield", "LayeredEnergy", "Params", "State", "StateInit",
+    "ENERGIES", "ConditionalGaussian", "Energy", "Hopfield", "LayeredEnergy", "Params", "State", "StateInit",
     "conditional_gaussian", "hopfield", "layer_name", "make_energy", "restricted_hopfield",
 ]

@@ -1,147 +1,105 @@
-"""What every layered energy shares: sizes, parameters, input checks, initial states.
+"""The energy protocol: a per-example energy over any state pytree, plus optional fast paths.
 
-A layered network has an input layer ``x`` of size ``sizes[0]`` (always clamped) and free
-layers of sizes ``sizes[1:]``; the last free layer is the output. A *state* is the tuple of
-free-layer arrays ``(s_1, ..., s_L)``, each of shape ``(batch, sizes[l])``. Parameters are one
-dict per connection, named like Flax's ``Dense`` so optax labels and checkpoints read naturally::
+An energy is a small immutable object (hashable, so it can be a static argument of ``jax.jit``)::
 
-    {"layer_0": {"kernel": (sizes[0], sizes[1]), "bias": (sizes[1],)}, ..., "layer_{L-1}": ...}
+    E(params, state, x) -> (batch,)        per-example energies
+    init_params(key, dtype) -> params      any pytree (Flax variables included)
+    state_shapes(batch, dtype) -> pytree of jax.ShapeDtypeStruct, every leaf (batch, ...)
+    init_state(params, x, how) -> state    "zeros" | "feedforward" | a given state (particles)
+    output(state) -> array                 what the cost reads (the output layer)
 
-``kernel`` is laid out (fan_in, fan_out) as in seeds 001/003: the energy reads ``rho(s_l) @ W_l``.
+Everything else has a default built on autodiff, which an energy may override with a closed form:
+``state_grad`` (dE/ds), ``param_grad_difference`` (the learning rules' dE/dtheta contrast),
+``input_drive`` (the loop-invariant part of a relaxation, hoisted out of the loop) and
+``with_output`` (hold the output at a value: CHL's clamped phase). Adding an energy is one
+subclass in one file; nothing in the solvers or rules dispatches on its type.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Union
+import abc
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
-from ep_jax.activations import Activation, get_activation
-
-State = tuple  # tuple[Float[Array, "batch n_l"], ...], one entry per free layer
-Params = dict  # {"layer_l": {"kernel": (n_l, n_{l+1}), "bias": (n_{l+1},)}}
-StateInit = Union[str, State]  # "zeros" | "feedforward" | a state (persistent particles)
+State = Any  # a pytree whose leaves are (batch, ...) arrays
+Params = Any  # any pytree of arrays
+StateInit = Union[str, Any]  # "zeros" | "feedforward" | a state (persistent particles)
 
 
-def layer_name(l: int) -> str:
-    return f"layer_{l}"
+def batch_sum(a: jax.Array) -> jax.Array:
+    """Sum over every axis but the first (the batch): a per-example reduction of any leaf."""
+    return jnp.sum(a, axis=tuple(range(1, a.ndim)))
 
 
-@dataclasses.dataclass(frozen=True)
-class LayeredEnergy:
-    """Base class: ``sizes`` and per-layer activation names; subclasses define ``__call__``.
+def tree_sq_norm(tree) -> jax.Array:
+    """Per-example squared norm ``sum_leaves sum_units |v|^2`` of a state-shaped pytree: (batch,)."""
+    return sum(batch_sum(jnp.real(v * jnp.conj(v))) for v in jax.tree.leaves(tree))
 
-    Attributes:
-      sizes: layer sizes ``(n_input, n_hidden..., n_output)``, at least two entries.
-      activation: one activation name for every layer, or one per layer (``len(sizes)``).
-    """
 
-    sizes: tuple[int, ...]
-    activation: Union[str, tuple[str, ...]] = "hard_sigmoid"
+class Energy(abc.ABC):
+    """Base class of every energy. Subclasses are frozen dataclasses."""
 
-    def __post_init__(self):
-        object.__setattr__(self, "sizes", tuple(int(n) for n in self.sizes))
-        if len(self.sizes) < 2 or any(n <= 0 for n in self.sizes):
-            raise ValueError(
-                f"sizes: expected at least two positive layer sizes, received {self.sizes}"
-            )
-        acts = self.activation
-        if isinstance(acts, str):
-            acts = (acts,) * len(self.sizes)
-        acts = tuple(acts)
-        if len(acts) != len(self.sizes):
-            raise ValueError(
-                f"activation: expected one name or {len(self.sizes)} names (one per layer), "
-                f"received {len(acts)}"
-            )
-        for a in acts:
-            get_activation(a)  # fail early on unknown names
-        object.__setattr__(self, "activation", acts)
+    # ---- the protocol ------------------------------------------------------------------
+    @abc.abstractmethod
+    def __call__(self, params: Params, state: State, x: jax.Array) -> jax.Array:
+        """Per-example energies, shape ``(batch,)``."""
 
-    # ---- structure ---------------------------------------------------------------------
-    @property
-    def num_free_layers(self) -> int:
-        return len(self.sizes) - 1
-
-    def rho(self, l: int) -> Activation:
-        """Activation of layer ``l`` (0 = input)."""
-        return get_activation(self.activation[l])
-
-    # ---- parameters --------------------------------------------------------------------
+    @abc.abstractmethod
     def init_params(self, key: jax.Array, dtype=jnp.float32) -> Params:
-        """Glorot-uniform kernels, U(-sqrt(6/(fan_in+fan_out)), +...), and zero biases."""
-        keys = jax.random.split(key, len(self.sizes) - 1)
-        glorot = nn.initializers.xavier_uniform()
-        return {
-            layer_name(l): {
-                "kernel": glorot(k, (n_in, n_out), dtype),
-                "bias": jnp.zeros((n_out,), dtype),
-            }
-            for l, (k, n_in, n_out) in enumerate(zip(keys, self.sizes[:-1], self.sizes[1:]))
-        }
+        """Initial parameters."""
 
+    @abc.abstractmethod
+    def state_shapes(self, batch: int, dtype) -> State:
+        """The state's structure: a pytree of ``jax.ShapeDtypeStruct`` with leading ``batch``."""
+
+    def output(self, state: State) -> jax.Array:
+        """The array the cost reads (default: the last leaf, e.g. the output layer)."""
+        return jax.tree.leaves(state)[-1]
+
+    def with_output(self, state: State, value: jax.Array) -> State:
+        """``state`` with its output replaced by ``value`` (default: the last leaf)."""
+        leaves, treedef = jax.tree.flatten(state)
+        return jax.tree.unflatten(treedef, leaves[:-1] + [value])
+
+    # ---- checks --------------------------------------------------------------------------
     def check_params(self, params: Params) -> None:
-        """Raises ``ValueError`` naming the layer, expected and received shapes."""
-        if not isinstance(params, dict):
-            raise ValueError(f"params: expected a dict of layers, received {type(params).__name__}")
-        expected = [layer_name(l) for l in range(len(self.sizes) - 1)]
-        if sorted(params) != sorted(expected):
-            raise ValueError(f"params: expected layers {expected}, received {sorted(params)}")
-        dtypes = set()
-        for l, name in enumerate(expected):
-            for leaf, shape in (
-                ("kernel", (self.sizes[l], self.sizes[l + 1])),
-                ("bias", (self.sizes[l + 1],)),
-            ):
-                if leaf not in params[name]:
-                    raise ValueError(f"params[{name!r}]: missing {leaf!r}")
-                got = jnp.shape(params[name][leaf])
-                if got != shape:
-                    raise ValueError(
-                        f"params[{name!r}][{leaf!r}]: expected shape {shape}, received {got}"
-                    )
-                dtypes.add(jnp.result_type(params[name][leaf]))
-        if len(dtypes) != 1:
-            raise ValueError(f"params: expected one floating dtype, received {sorted(map(str, dtypes))}")
+        """Raises ``ValueError`` naming what is wrong with ``params`` (default: nothing checked)."""
 
     def param_dtype(self, params: Params):
-        return jnp.result_type(params[layer_name(0)]["kernel"])
+        return jnp.result_type(jax.tree.leaves(params)[0])
 
-    # ---- inputs and states -------------------------------------------------------------
-    def check_inputs(self, params: Params, state: State | None, x: jax.Array) -> None:
-        """Validates params, ``x`` of shape ``(batch, sizes[0])`` and the state's layers."""
-        self.check_params(params)
+    def check_x(self, params: Params, x: jax.Array) -> None:
+        """Raises ``ValueError`` if ``x`` is not a batch of inputs in the params' dtype."""
         dtype = self.param_dtype(params)
-        if jnp.ndim(x) != 2 or jnp.shape(x)[1] != self.sizes[0]:
-            raise ValueError(
-                f"x: expected shape (batch, {self.sizes[0]}), received {jnp.shape(x)}"
-            )
+        if jnp.ndim(x) < 1:
+            raise ValueError(f"x: expected a batch of inputs (batch, ...), received shape {jnp.shape(x)}")
         if jnp.result_type(x) != dtype:
             raise ValueError(f"x: expected dtype {dtype} (the params' dtype), received {jnp.result_type(x)}")
+
+    def check_inputs(self, params: Params, state: State | None, x: jax.Array) -> None:
+        """Validates params, ``x`` and (if given) the state against ``state_shapes``."""
+        self.check_params(params)
+        self.check_x(params, x)
         if state is None:
             return
-        batch = jnp.shape(x)[0]
-        if not isinstance(state, (tuple, list)) or len(state) != self.num_free_layers:
-            n = len(state) if isinstance(state, (tuple, list)) else type(state).__name__
-            raise ValueError(
-                f"state: expected a tuple of {self.num_free_layers} layer arrays, received {n}"
-            )
-        for l, s in enumerate(state, start=1):
-            if jnp.shape(s) != (batch, self.sizes[l]):
+        want = self.state_shapes(jnp.shape(x)[0], self.param_dtype(params))
+        want_leaves, want_def = jax.tree.flatten(want)
+        leaves, got_def = jax.tree.flatten(state)
+        if got_def != want_def:
+            raise ValueError(f"state: expected the structure {want_def}, received {got_def}")
+        for i, (s, w) in enumerate(zip(leaves, want_leaves)):
+            if jnp.shape(s) != w.shape or jnp.result_type(s) != w.dtype:
                 raise ValueError(
-                    f"state[{l - 1}] (layer {l}): expected shape {(batch, self.sizes[l])}, "
-                    f"received {jnp.shape(s)}"
-                )
-            if jnp.result_type(s) != dtype:
-                raise ValueError(
-                    f"state[{l - 1}] (layer {l}): expected dtype {dtype}, received {jnp.result_type(s)}"
+                    f"state leaf {i}: expected shape {w.shape} dtype {w.dtype}, received "
+                    f"{jnp.shape(s)} {jnp.result_type(s)}"
                 )
 
+    # ---- initial states -----------------------------------------------------------------
     def zeros_state(self, x: jax.Array) -> State:
-        return tuple(jnp.zeros((x.shape[0], n), x.dtype) for n in self.sizes[1:])
+        shapes = self.state_shapes(jnp.shape(x)[0], jnp.result_type(x))
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     def feedforward_state(self, params: Params, x: jax.Array) -> State:
         raise NotImplementedError(f"{type(self).__name__} has no feed-forward initialisation")
@@ -153,61 +111,37 @@ class LayeredEnergy:
                 return self.zeros_state(x)
             if init == "feedforward":
                 return self.feedforward_state(params, x)
-            raise ValueError(
-                f"init: expected 'zeros', 'feedforward' or a state tuple, received {init!r}"
-            )
-        return tuple(init)
+            raise ValueError(f"init: expected 'zeros', 'feedforward' or a state, received {init!r}")
+        return init
 
-    # ---- learning-rule support ---------------------------------------------------------
-    def param_grad_difference(
-        self, params: Params, x: jax.Array, state_a: State, state_b: State, scale
-    ) -> Params:
-        """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), each averaged over the batch.
-
-        The generic form is one backward pass through mean_b E(theta, s_a) - E(theta, s_b);
-        energies that are linear in theta override it with a closed form that shares products.
-        """
-
-        def diff(p):
-            return jnp.mean(self(p, state_a, x) - self(p, state_b, x))
-
-        g = jax.grad(diff)(params)
-        scale = jnp.asarray(scale, x.dtype)
-        return jax.tree.map(lambda t: scale * t, g)
-
-    # ---- relaxation support ------------------------------------------------------------
+    # ---- fast paths (defaults: autodiff) ----------------------------------------------------
     @property
     def identity_on_unit_box(self) -> bool:
-        """True when every free layer's rho is the hard sigmoid: on [0, 1] it is the identity
-        with derivative 1, so a state known to lie in [0, 1] (after a ``clip01`` projection or
-        a fixed-point sweep) can skip rho and its derivative exactly, with the same numbers."""
-        return all(a == "hard_sigmoid" for a in self.activation[1:])
+        """True when a state known to lie in [0, 1] may skip its activation exactly (see
+        ``LayeredEnergy``); solvers then run their later steps ``in_box``."""
+        return False
 
     def input_drive(self, params: Params, x: jax.Array):
-        """The loop-invariant part of the relaxation that involves the clamped input, computed
-        once per training step and shared by every phase (``None``: the energy has none)."""
+        """The loop-invariant part of a relaxation that involves the clamped input, computed once
+        per training step and shared by every phase (``None``: the energy has none)."""
         return None
 
-    def state_grad(
-        self, params: Params, state: State, x: jax.Array, *, drive=None, in_box: bool = False
-    ) -> State:
-        """dE/ds for every free layer (of the batch sum of E), a tuple shaped like ``state``.
+    def state_grad(self, params: Params, state: State, x: jax.Array, *, drive=None,
+                   in_box: bool = False) -> State:
+        """dE/ds of the batch sum of E, shaped like ``state`` (default: ``jax.grad``).
 
-        Generic form: ``jax.grad``. Energies with a closed form override it; ``drive`` is
-        ``input_drive(params, x)`` (recomputed if ``None``) and ``in_box=True`` promises every
-        free state lies in [0, 1] (used only when ``identity_on_unit_box``).
+        ``drive`` is ``input_drive(params, x)`` (energies that hoist it use it), ``in_box=True``
+        promises every state lies in [0, 1] (used only when ``identity_on_unit_box``).
         """
-        return jax.grad(lambda s: jnp.sum(self(params, s, x)))(tuple(state))
+        return jax.grad(lambda s: jnp.sum(self(params, s, x)))(state)
 
-    # ---- fixed-point sweeps --------------------------------------------------------------
-    def layer_field(
-        self, params: Params, state: State, x: jax.Array, l: int, *, drive=None,
-        in_box: bool = False,
-    ) -> jax.Array:
-        """-dE_int/d rho(s_l) for free layer ``l`` (1-based); only energies with a fixed-point form."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no fixed-point form; use the GradientDescent solver"
-        )
+    def param_grad_difference(self, params: Params, x: jax.Array, state_a: State, state_b: State,
+                              scale) -> Params:
+        """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), each averaged over the batch.
 
-    def __call__(self, params: Params, state: State, x: jax.Array) -> jax.Array:
-        raise NotImplementedError
+        One backward pass through mean_b E(theta, s_a) - E(theta, s_b); energies linear in theta
+        override it with a closed form that shares products.
+        """
+        g = jax.grad(lambda p: jnp.mean(self(p, state_a, x) - self(p, state_b, x)))(params)
+        scale = jnp.asarray(scale, self.param_dtype(params))
+        return jax.tree.map(lambda t: scale * t, g)

@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ep_jax.energies.base import LayeredEnergy, Params, State, layer_name
+from ep_jax.energies.layered import LayeredEnergy, Params, State, layer_name
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,15 +1,25 @@
 """Learning rules and their registry.
 
-A rule is ``rule(energy, params, x, target, state0, *, phases, key) -> (grads, RuleResult)``.
+A rule is ``rule(energy, params, x, target, state0, *, phases, key) -> (grads, RuleResult)``
+over any energy (``ep_jax.energies.Energy``) and any solvers (``phases.free``, ``phases.nudged``).
 Adding one: a file in this package and one line in ``RULES``.
 """
 
 import functools
 
-from ep_jax.rules.base import Phases, RuleResult, clamped_phase, energy_grad_difference
+from ep_jax.rules.backprop import backprop_gradient
+from ep_jax.rules.base import (
+    Phases,
+    RuleResult,
+    clamped_phase,
+    energy_grad_difference,
+    free_phase,
+    nudged_phase,
+    total_energy_grad_difference,
+)
 from ep_jax.rules.chl import chl_gradient
 from ep_jax.rules.coupled import coupled_gradient
-from ep_jax.rules.ep import ep_gradient, free_phase, nudged_phase
+from ep_jax.rules.ep import ep_gradient
 from ep_jax.rules.first_step import first_step_gradient
 from ep_jax.rules.pc import pc_gradient, pc_nudge_gradient
 from ep_jax.rules.seed000 import SEED000_RULES
@@ -35,7 +45,7 @@ def get_rule(name: str):
         raise ValueError(f"rule: expected one of {sorted(RULES)}, received {name!r}") from None
 
 __all__ = [
-    "RULES", "Phases", "RuleResult", "chl_gradient", "clamped_phase", "coupled_gradient",
+    "RULES", "Phases", "RuleResult", "backprop_gradient", "chl_gradient", "clamped_phase", "coupled_gradient",
     "energy_grad_difference", "ep_gradient", "first_step_gradient", "free_phase", "get_rule",
-    "nudged_phase", "pc_gradient", "pc_nudge_gradient",
+    "nudged_phase", "pc_gradient", "pc_nudge_gradient", "total_energy_grad_difference",
 ]

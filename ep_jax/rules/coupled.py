@@ -19,12 +19,12 @@ from typing import Optional
 
 import jax
 
-from ep_jax.energies.base import LayeredEnergy, Params, StateInit
+from ep_jax.energies.base import Energy, Params, StateInit
 from ep_jax.rules.base import Phases, RuleResult, clamped_contrast
 
 
 def coupled_gradient(
-    energy: LayeredEnergy,
+    energy: Energy,
     params: Params,
     x: jax.Array,
     target: jax.Array,

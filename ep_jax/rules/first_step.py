@@ -27,31 +27,14 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from ep_jax.costs import as_dense_target, total_energy
-from ep_jax.energies.base import LayeredEnergy, Params, StateInit
-from ep_jax.rules.base import Phases, RuleResult, energy_grad_difference
-from ep_jax.rules.ep import free_phase
-from ep_jax.solvers import PROJECTIONS, FixedPoint, GradientDescent, RelaxStats, all_finite, update_norm
-
-
-def _layer_step(solver, energy, params, x, state, y, beta, cost, l):
-    """One solver step of free layer ``l`` (1-based) only, the other layers held."""
-    if isinstance(solver, FixedPoint):
-        return solver._update(energy, params, x, state, y, beta, cost, [l])[l - 1]
-    if not isinstance(solver, GradientDescent):
-        raise ValueError(f"phases.nudged: expected GradientDescent or FixedPoint, received {solver!r}")
-
-    def f(s_l):
-        s = state[: l - 1] + (s_l,) + state[l:]
-        return jnp.sum(total_energy(energy, params, s, x, y, beta, cost))
-
-    new = state[l - 1] - jnp.asarray(solver.step_size, x.dtype) * jax.grad(f)(state[l - 1])
-    proj = PROJECTIONS[solver.project]
-    return proj(new) if proj is not None else new
+from ep_jax.costs import prepare_target
+from ep_jax.energies.base import Energy, Params, StateInit
+from ep_jax.rules.base import Phases, RuleResult, energy_grad_difference, free_phase
+from ep_jax.solvers import Problem, RelaxStats, all_finite, update_norm
 
 
 def first_step_gradient(
-    energy: LayeredEnergy,
+    energy: Energy,
     params: Params,
     x: jax.Array,
     target: jax.Array,
@@ -60,25 +43,42 @@ def first_step_gradient(
     phases: Phases = Phases(),
     key: Optional[jax.Array] = None,
 ) -> tuple[Params, RuleResult]:
-    """First-step estimate with beta = ``phases.beta``; the step is ``phases.nudged``'s."""
+    """First-step estimate with beta = ``phases.beta``; the step is ``phases.nudged``'s.
+
+    Needs a layered (tuple) state and a solver with a per-layer step (``layer_step``:
+    ``GradientDescent``, ``FixedPoint``).
+    """
     del key
     if not phases.beta > 0:
         raise ValueError(f"beta: expected > 0, received {phases.beta}")
+    layer_step = getattr(phases.nudged, "layer_step", None)
+    if layer_step is None:
+        raise ValueError(
+            f"phases.nudged: the first-step rule needs a solver with a per-layer step "
+            f"(layer_step: GradientDescent or FixedPoint), received {type(phases.nudged).__name__}"
+        )
     s0, free_stats = free_phase(energy, params, x, energy.init_state(params, x, state0), phases)
-    beta = jnp.asarray(phases.beta, x.dtype)
-    y = as_dense_target(target, energy.sizes[-1], x.dtype)
-    state = tuple(s0)
+    if not isinstance(s0, tuple):
+        raise ValueError(
+            f"energy: the first-step rule sweeps the layers of a tuple state, received a "
+            f"{type(s0).__name__} state from {type(energy).__name__}"
+        )
+    beta = jnp.asarray(phases.beta, energy.param_dtype(params))
+    y = prepare_target(phases.cost, target, energy.output(s0))
+    problem = Problem(energy, params, x, y, beta, phases.cost)
+    state = s0
     for l in range(len(state), 0, -1):
-        new = _layer_step(phases.nudged, energy, params, x, state, y, beta, phases.cost, l)
-        state = state[: l - 1] + (new,) + state[l:]
+        state = state[: l - 1] + (layer_step(problem, state, l),) + state[l:]
     s1 = state
     grads = energy_grad_difference(energy, params, x, s1, s0, 1.0 / beta)
     finite = all_finite(s1)
+    # One sweep, not a relaxation: no tolerance is checked, so never "converged".
     stats = RelaxStats(
         steps=jnp.asarray(len(s1), jnp.int32),
         residual=update_norm(s1, s0),
-        energy=jnp.mean(total_energy(energy, params, s1, x, y, beta, phases.cost)),
-        converged=finite,
+        energy=jnp.mean(problem.total(s1)),
+        converged=jnp.asarray(False),
         nonfinite=~finite,
+        unbounded=jnp.asarray(False),
     )
     return grads, RuleResult(s0, s1, s0, beta, free_stats, stats, stats)

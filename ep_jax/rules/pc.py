@@ -25,10 +25,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from ep_jax.costs import as_dense_target
-from ep_jax.energies.base import LayeredEnergy, Params, StateInit
-from ep_jax.rules.base import Phases, RuleResult, clamped_phase
-from ep_jax.rules.ep import free_phase, nudged_phase
+from ep_jax.costs import prepare_target, squared_error
+from ep_jax.energies.base import Energy, Params, StateInit
+from ep_jax.rules.base import Phases, RuleResult, clamped_phase, free_phase, nudged_phase
 
 
 def _param_grad(energy, params, x, state, scale):
@@ -37,7 +36,7 @@ def _param_grad(energy, params, x, state, scale):
 
 
 def pc_gradient(
-    energy: LayeredEnergy,
+    energy: Energy,
     params: Params,
     x: jax.Array,
     target: jax.Array,
@@ -49,7 +48,7 @@ def pc_gradient(
     """Predictive coding with the output clamped to the target."""
     del key
     s0, free_stats = free_phase(energy, params, x, energy.init_state(params, x, state0), phases)
-    y = as_dense_target(target, energy.sizes[-1], x.dtype)
+    y = prepare_target(squared_error, target, energy.output(s0))  # the clamp: a point in output space
     sc, clamped_stats = clamped_phase(energy, params, x, y, s0, phases)
     grads = _param_grad(energy, params, x, sc, jnp.asarray(1.0, x.dtype))
     return grads, RuleResult(s0, sc, s0, jnp.asarray(1.0, x.dtype), free_stats, clamped_stats,
@@ -57,7 +56,7 @@ def pc_gradient(
 
 
 def pc_nudge_gradient(
-    energy: LayeredEnergy,
+    energy: Energy,
     params: Params,
     x: jax.Array,
     target: jax.Array,

@@ -1,0 +1,258 @@
+"""The solver protocol, the relaxation problem, the step loop and its statistics.
+
+A solver is a small immutable object (hashable: a static argument of ``jax.jit``) in the manner
+of optimistix::
+
+    init(problem, state) -> solver_state                      (e.g. an optax state; default ())
+    step(problem, state, solver_state, in_box) -> (state, solver_state)
+    terminate(residual) -> bool                               (default: residual <= tol)
+
+with ``max_steps`` and ``tol`` attributes. ``relax`` (``ep_jax.solvers.relax``) hands it a
+``Problem`` (energy, params, input, target, beta, cost) whose ``grad`` is dF/ds for
+F = E + beta C. A new solver is one subclass in one file; nothing dispatches on solver types.
+
+Stopping and reporting (``iterate``): with ``tol=None`` a solver runs exactly ``max_steps``
+steps (a ``fori_loop``) and reports the last update norm ``max_b ||s_{t+1} - s_t||``;
+``converged`` is then False, since no tolerance was checked. With a tolerance it runs a
+``while_loop`` until ``terminate`` holds, a non-finite state, or ``max_steps``. Divergence is
+never silent: a non-finite state sets ``nonfinite``; an update norm that grew on each of the
+last ``GROWTH_STEPS`` steps sets ``unbounded`` (F has no minimum the solver can reach, e.g. the
+-beta phase of symmetric EP with beta > 1/2 on the state-quadratic energy and squared error).
+``check_stats`` turns the flags into a Python exception on the host.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ep_jax.activations import hard_sigmoid
+from ep_jax.costs import Cost, apply_cost
+from ep_jax.energies.base import Energy, State, tree_sq_norm
+
+PROJECTIONS = {None: None, "none": None, "clip01": hard_sigmoid}
+
+# An update norm that grows by more than GROWTH_FACTOR on each of the last GROWTH_STEPS steps of
+# a relaxation that did not converge flags it as unbounded.
+GROWTH_STEPS = 3
+GROWTH_FACTOR = 1.001
+
+
+class RelaxStats(NamedTuple):
+    """What a relaxation did.
+
+    Attributes:
+      steps: number of solver steps taken (int32).
+      residual: the last update norm ``max_b ||s_{t+1} - s_t||`` (for ``Stationary``: the
+        gradient norm ``max_b ||dF/ds||`` at the initial state).
+      energy: mean over the batch of F = E + beta * C at the returned state.
+      converged: a tolerance was met (``residual <= tol``) with a finite state; always False
+        for a fixed number of steps (``tol=None``).
+      nonfinite: a NaN or Inf appeared in the state: the relaxation diverged.
+      unbounded: the update norm grew on each of the last steps without converging: F seems
+        unbounded below along the trajectory (the states run away).
+    """
+
+    steps: jax.Array
+    residual: jax.Array
+    energy: jax.Array
+    converged: jax.Array
+    nonfinite: jax.Array
+    unbounded: jax.Array
+
+
+class RelaxationError(RuntimeError):
+    """A relaxation diverged (non-finite state), ran away, or missed its tolerance when required."""
+
+
+class Problem(NamedTuple):
+    """One relaxation: minimise F(s) = E(params, s, x) + beta * C(output(s), target; params).
+
+    ``target=None`` is the free phase (F = E); ``drive`` is ``energy.input_drive(params, x)``,
+    computed once outside the loop.
+    """
+
+    energy: Energy
+    params: Any
+    x: jax.Array
+    target: Optional[jax.Array]
+    beta: Any
+    cost: Cost
+    drive: Any = None
+
+    def total(self, state: State) -> jax.Array:
+        """F per example, ``(batch,)``."""
+        e = self.energy(self.params, state, self.x)
+        if self.target is None:
+            return e
+        out = self.energy.output(state)
+        return e + jnp.asarray(self.beta, e.dtype) * apply_cost(self.cost, out, self.target, self.params)
+
+    def cost_grad(self, output: jax.Array) -> jax.Array:
+        """beta dC/d output (of the batch sum)."""
+        b = jnp.asarray(self.beta, output.dtype)
+        return jax.grad(lambda o: jnp.sum(b * apply_cost(self.cost, o, self.target, self.params)))(output)
+
+    def grad(self, state: State, *, in_box: bool = False) -> State:
+        """dF/ds of the batch sum: ``energy.state_grad`` (closed form or autodiff) plus beta
+        dC/d output on the output."""
+        g = self.energy.state_grad(self.params, state, self.x, drive=self.drive, in_box=in_box)
+        if self.target is None:
+            return g
+        out_g = self.energy.output(g) + self.cost_grad(self.energy.output(state))
+        return self.energy.with_output(g, out_g)
+
+
+class Solver(abc.ABC):
+    """Base class of relaxation solvers (frozen dataclasses with ``max_steps`` and ``tol``)."""
+
+    max_steps: int
+    tol: Optional[float]
+
+    def validate(self, energy: Energy) -> None:
+        """Raises ``ValueError`` if the solver's settings or the energy do not fit."""
+        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise ValueError(f"max_steps: expected an int >= 1, received {self.max_steps!r}")
+        if self.tol is not None and not self.tol >= 0:
+            raise ValueError(f"tol: expected None or >= 0, received {self.tol!r}")
+
+    def keeps_in_box(self, energy: Energy) -> bool:
+        """True when after one step every state lies in [0, 1] where the energy's activations
+        are exactly the identity, so later steps may run ``in_box``."""
+        return False
+
+    def init(self, problem: Problem, state: State) -> Any:
+        return ()
+
+    @abc.abstractmethod
+    def step(self, problem: Problem, state: State, solver_state: Any, *,
+             in_box: bool = False) -> tuple[State, Any]:
+        """One step from ``state``; returns the new state and solver state."""
+
+    def terminate(self, residual: jax.Array) -> jax.Array:
+        return residual <= jnp.asarray(self.tol, residual.dtype)
+
+    def solve(self, problem: Problem, state0: State, *, hold=None, box: bool = False):
+        """The loop: ``iterate`` over ``step``. ``hold(state)`` re-imposes a clamp after every
+        step; ``box``: run the first step on its own and the later ones ``in_box``.
+
+        Returns ``(state, steps, residual, nonfinite, converged, unbounded)``.
+        """
+        hold = hold or (lambda s: s)
+
+        def step(carry, in_box):
+            s, ss = self.step(problem, carry[0], carry[1], in_box=in_box)
+            return hold(s), ss
+
+        (state, _), *rest = iterate(
+            lambda c: step(c, box), (state0, self.init(problem, state0)), self.max_steps,
+            self.tol, first_step=(lambda c: step(c, False)) if box else None,
+            state_of=lambda c: c[0], terminate=self.terminate,
+        )
+        return (state, *rest)
+
+    def _replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def update_norm(new: State, old: State) -> jax.Array:
+    """max_b ||new_b - old_b||_2 over every leaf of the state: the residual every solver reports.
+
+    One square root of the largest squared norm (sqrt is monotone: the same number as the
+    largest of the per-example norms, without a square root per example).
+    """
+    return jnp.sqrt(jnp.max(tree_sq_norm(jax.tree.map(jnp.subtract, new, old))))
+
+
+def all_finite(state: State) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(s)) for s in jax.tree.leaves(state)]))
+
+
+def _grew(new, old):
+    return new > GROWTH_FACTOR * old
+
+
+def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_step=None,
+            state_of=lambda carry: carry, terminate=None):
+    """The loop of every relaxation: ``carry <- step(carry)`` without host synchronisation.
+
+    ``tol=None``: exactly ``max_steps`` steps (a ``fori_loop``; the last ``GROWTH_STEPS`` steps
+    run after it so their update norms can be compared). Otherwise a ``while_loop`` until
+    ``terminate(residual)`` (default ``residual <= tol``), a non-finite norm, or ``max_steps``.
+    ``first_step`` (if given) replaces ``step`` for step 1, which then runs outside the loop.
+
+    Returns ``(carry, steps, residual, nonfinite, converged, unbounded)``.
+    """
+    if not (isinstance(max_steps, int) and max_steps >= 1):
+        raise ValueError(f"max_steps: expected an int >= 1, received {max_steps!r}")
+    dtype = jnp.real(jax.tree.leaves(state_of(carry0))[0]).dtype
+    if tol is None:
+        carry, n_loop = carry0, max_steps
+        if first_step is not None:
+            carry, n_loop = first_step(carry0), n_loop - 1
+            norms = [update_norm(state_of(carry), state_of(carry0))]
+        else:
+            norms = []
+        tail = min(n_loop, GROWTH_STEPS)
+        carry = jax.lax.fori_loop(0, n_loop - tail, lambda _, c: step(c), carry)
+        for _ in range(tail):
+            new = step(carry)
+            norms.append(update_norm(state_of(new), state_of(carry)))
+            carry = new
+        nonfinite = ~all_finite(state_of(carry))
+        unbounded = jnp.asarray(len(norms) >= GROWTH_STEPS)
+        for a, b in zip(norms[-GROWTH_STEPS:], norms[-GROWTH_STEPS + 1:]):
+            unbounded = unbounded & _grew(b, a)
+        return (carry, jnp.asarray(max_steps, jnp.int32), norms[-1], nonfinite,
+                jnp.asarray(False), unbounded & ~nonfinite)
+
+    terminate = terminate or (lambda r: r <= jnp.asarray(tol, r.dtype))
+
+    def cond(c):
+        _, i, res, bad, _ = c
+        return (i < max_steps) & ~terminate(res) & ~bad
+
+    def body(c):
+        carry, i, res_old, _, growth = c
+        new = step(carry)
+        res = update_norm(state_of(new), state_of(carry))
+        growth = jnp.where(_grew(res, res_old), growth + 1, 0)
+        return new, i + 1, res, ~jnp.isfinite(res), growth
+
+    zero = jnp.asarray(0, jnp.int32)
+    if first_step is not None:
+        first = first_step(carry0)
+        res0 = update_norm(state_of(first), state_of(carry0))
+        init = (first, jnp.asarray(1, jnp.int32), res0, ~jnp.isfinite(res0), zero)
+    else:
+        init = (carry0, zero, jnp.asarray(jnp.inf, dtype), jnp.asarray(False), zero)
+    carry, steps, residual, nonfinite, growth = jax.lax.while_loop(cond, body, init)
+    nonfinite = nonfinite | ~all_finite(state_of(carry))
+    converged = terminate(residual) & ~nonfinite
+    unbounded = (growth >= GROWTH_STEPS - 1) & ~converged & ~nonfinite
+    return carry, steps, residual, nonfinite, converged, unbounded
+
+
+def check_stats(stats: RelaxStats, *, require_converged: bool = False, where: str = "relax") -> None:
+    """Host-side check: raises ``RelaxationError`` if the relaxation diverged, ran away
+    (``unbounded``), or (``require_converged``) did not meet its tolerance."""
+    steps, res = int(jnp.max(stats.steps)), float(jnp.max(stats.residual))
+    if bool(jnp.any(stats.nonfinite)):
+        raise RelaxationError(
+            f"{where}: relaxation diverged (non-finite state after {steps} steps, "
+            f"residual {res:.3g}); lower the step size"
+        )
+    if bool(jnp.any(stats.unbounded)):
+        raise RelaxationError(
+            f"{where}: relaxation is unbounded (the update norm grew on each of the last "
+            f"{GROWTH_STEPS} of {steps} steps, residual {res:.3g}): F = E + beta C has no minimum "
+            "the solver reaches; lower beta or the step size"
+        )
+    if require_converged and not bool(jnp.all(stats.converged)):
+        raise RelaxationError(
+            f"{where}: relaxation did not reach its tolerance in {steps} steps (residual {res:.3g})"
+        )
