@@ -234,9 +234,9 @@ class ResidualEnergy(Energy):
         def energy(p, state):
             hs = (h0,) + tuple(state)
             r0_input = h0 if self.embedding_gradient == "exact" else jax.lax.stop_gradient(h0)
-            first = hs[1] - h0 - block(p, 0, r0_input)
-            rest = residuals(p, hs[1:])
-            return sum(0.5 * jnp.sum(r * r, axis=-1) for r in (first, *rest))
+            r = [hs[1] - h0 - block(p, 0, r0_input)]
+            r += [hs[l + 1] - hs[l] - block(p, l, hs[l]) for l in range(1, len(hs) - 1)]
+            return sum(0.5 * jnp.sum(v * v, axis=-1) for v in r)
 
         return energy
 
@@ -409,3 +409,48 @@ def residual_optimizer(
     return make_optimizer("adamw", residual_part_rates(n_blocks, learning_rate, part_rates),
                           schedule=schedule, total_steps=total_steps, grad_clip=grad_clip,
                           weight_decay=weight_decay, groups=PART_GROUPS)
+
+
+def residual_learner(
+    in_dim: int,
+    d_hidden: int,
+    n_classes: int,
+    n_blocks: int,
+    *,
+    method: str = "ep",
+    ep: ResidualEP = ResidualEP(),
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.01,
+    schedule: str = "cosine",
+    total_steps: int = 0,
+    grad_clip: Optional[float] = 1.0,
+    preprocess=None,
+    credit: bool = True,
+):
+    """Residual EP (``method="ep"``) or its BP twin (``"bp"``) as an ``EPLearner``:
+
+        energy = ResidualEnergy, phases = ep.phases() (Stationary free phase, OptaxSolver
+        nudged phase, SoftmaxReadout cost), rule = "ep" | backprop_gradient,
+        tx = residual_optimizer (clip + AdamW per part), credit diagnostics at every evaluation.
+    """
+    from ep_jax.credit import credit_diagnostics
+    from ep_jax.learner import EPLearner
+
+    if method not in ("ep", "bp"):
+        raise ValueError(f"method: expected 'ep' or 'bp', received {method!r}")
+    phases = ep.phases()
+    tx = residual_optimizer(n_blocks, learning_rate, weight_decay=weight_decay, schedule=schedule,
+                            total_steps=total_steps, grad_clip=grad_clip)
+    diagnostics = None
+    if credit:
+        diagnostics = functools.partial(_credit, cfg=ep, credit_diagnostics=credit_diagnostics)
+    return EPLearner(
+        energy=ep.energy(in_dim, d_hidden, n_classes, n_blocks),
+        rule="ep" if method == "ep" else rules.backprop_gradient,
+        phases=phases, tx=tx, eval_solver=phases.free, persistent=False,
+        state_init="feedforward", preprocess=preprocess, diagnostics_fn=diagnostics,
+    )
+
+
+def _credit(params, x, y, key, *, cfg, credit_diagnostics):
+    return credit_diagnostics(params, x, y, key, cfg)
