@@ -246,3 +246,18 @@ class SolverJitVariants(chex.TestCase):
                                                cost=COST, solver=solver))(params)
             chex.assert_trees_all_close(s, s_ref, rtol=1e-10, atol=1e-12)
             chex.assert_tree_all_finite(s)
+
+
+def test_extending_example_trains(tmp_path):
+    """docs/EXTENDING.md's worked example: a new energy in one file, trained by the public API."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "examples" / "tanh_hopfield.py"
+    out = subprocess.run([sys.executable, str(script), "--epochs", "3"], capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    test_error = float(last.split("test error ")[1].split(",")[0])
+    assert test_error < 0.5, out.stdout  # 10 classes: chance is 0.9
