@@ -24,8 +24,11 @@ test: $(STAMP)
 gradcheck: $(STAMP)
 	$(BIN)/ep-jax gradcheck --energy hopfield --rule ep-symmetric --beta 1e-3 --x64
 
+# Scratch results under runs/ (ignored by git), replaced on every run; the committed ones in
+# benchmarks/results/ are only written when asked (--overwrite).
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.suite --suite quick
+	$(BIN)/python -m benchmarks.suite --suite quick --json runs/bench/quick.json \
+		--markdown runs/bench/quick.md --plots-dir runs/bench/quick_plots --overwrite
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

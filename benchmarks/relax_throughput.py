@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import importlib.util
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +47,8 @@ import jaxlib  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 
+from ep_jax.bench import cpu_model, cpu_ticks, cpu_usage, input_product_in_loop  # noqa: E402
+from ep_jax.bench import load_batch as _load_batch  # noqa: E402
 from ep_jax.energies import make_energy  # noqa: E402
 from ep_jax.optim import per_layer_sgd  # noqa: E402
 from ep_jax.rules import Phases, get_rule  # noqa: E402
@@ -57,8 +56,6 @@ from ep_jax.solvers import GradientDescent  # noqa: E402
 
 # The offline MNIST test set lives in ../shared/data beside the repository (see its README).
 MNIST_DIR = Path(os.environ.get("EP_JAX_MNIST_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
-MNIST_IMAGES = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
-MNIST_LABELS = MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
 
 EPSILON = 0.5  # relaxation step size (seed 001)
 BETA = 0.5
@@ -86,35 +83,10 @@ def import_reference():
     return EquilibriumPropagationNetwork
 
 
-def load_batch(batch: int, seed: int = 0):
-    """First ``batch`` MNIST test images in [0, 1] (float32, flattened 784) and their labels.
-
-    Returns ``(x, y, source)``; falls back to random data when the files are missing.
-    """
-    if MNIST_IMAGES.exists() and MNIST_LABELS.exists():
-        with gzip.open(MNIST_IMAGES, "rb") as f:
-            header = np.frombuffer(f.read(16), dtype=">u4")
-            magic, n, rows, cols = (int(v) for v in header)
-            if magic != 2051:
-                raise ValueError(f"{MNIST_IMAGES}: bad idx magic {magic}")
-            batch_n = min(batch, n)
-            pixels = np.frombuffer(f.read(batch_n * rows * cols), dtype=np.uint8)
-        with gzip.open(MNIST_LABELS, "rb") as f:
-            magic, n_lab = (int(v) for v in np.frombuffer(f.read(8), dtype=">u4"))
-            if magic != 2049:
-                raise ValueError(f"{MNIST_LABELS}: bad idx magic {magic}")
-            labels = np.frombuffer(f.read(batch_n), dtype=np.uint8)
-        if batch_n == batch:
-            x = (pixels.reshape(batch, rows * cols).astype(np.float32) / 255.0)
-            y = labels.astype(np.int64)
-            return x, y, f"MNIST t10k, first {batch} images ({MNIST_IMAGES})"
-        reason = f"offline MNIST file holds only {batch_n} images"
-    else:
-        reason = f"offline MNIST files missing under {MNIST_DIR}"
-    rng = np.random.default_rng(seed)
-    x = rng.random((batch, 784), dtype=np.float32)
-    y = rng.integers(0, 10, size=batch).astype(np.int64)
-    return x, y, f"RANDOM data, uniform [0, 1) ({reason})"
+def load_batch(batch: int):
+    """First ``batch`` MNIST test images in [0, 1] (float32, flattened 784) and their labels,
+    from ``MNIST_DIR``; ``(x, y, source)``, random data when the files are missing."""
+    return _load_batch(batch, data_dir=MNIST_DIR)
 
 
 def glorot_params(sizes, seed: int = 0):
@@ -124,43 +96,6 @@ def glorot_params(sizes, seed: int = 0):
     weights = [np.asarray(params[f"layer_{l}"]["kernel"]) for l in range(len(sizes) - 1)]
     biases = [np.asarray(params[f"layer_{l}"]["bias"]) for l in range(len(sizes) - 1)]
     return weights, biases
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_ticks():
-    """Aggregate CPU ticks from /proc/stat (Linux), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-        return dict(zip(names, (int(v) for v in fields[1:9])))
-    except (OSError, ValueError):
-        return None
-
-
-def cpu_usage(before, after) -> dict | None:
-    """Share of machine CPU time spent busy / stolen by the hypervisor between two samples.
-
-    A large ``steal`` (or a ``busy`` share far from what the process alone explains) marks a
-    sample disturbed by the host: treat its timings with care.
-    """
-    if before is None or after is None:
-        return None
-    d = {k: after[k] - before[k] for k in before}
-    total = sum(d.values()) or 1
-    busy = d["user"] + d["nice"] + d["system"] + d["irq"] + d["softirq"]
-    return {"busy_share": round(busy / total, 3), "steal_share": round(d["steal"] / total, 3),
-            "ticks": total}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,40 +156,6 @@ def sanity_check(cfg, weights, biases, x, y):
     return {"jax_params_finite_after_fixed_sign_step": finite, "jax_params_changed": changed}
 
 
-def input_product_in_loop(step, args, n_in: int) -> dict:
-    """Looks at the optimised HLO: does any while-loop body touch an ``n_in``-sized operand?
-
-    The input drive rho(x) @ W_0 is loop-invariant; XLA should hoist it out of the relaxation
-    loops (then no computation reachable from a while body has a dimension of size ``n_in``).
-    """
-    text = step.lower(*args).compile().as_text()
-    comps, name = {}, None
-    for line in text.splitlines():
-        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
-            head = line.split("(")[0].split()
-            name = head[-1].lstrip("%")
-            comps[name] = []
-        elif name is not None:
-            comps[name].append(line)
-    callees = lambda lines: set(re.findall(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)",
-                                            "\n".join(lines)))
-    bodies = set()
-    for lines in comps.values():
-        bodies |= set(re.findall(r"body=%([\w.\-]+)", "\n".join(lines)))
-    seen, todo = set(), list(bodies)
-    while todo:
-        c = todo.pop()
-        if c in seen or c not in comps:
-            continue
-        seen.add(c)
-        todo.extend(callees(comps[c]))
-    pat = re.compile(rf"[\[,]{n_in}[\],]")
-    hits = sorted(c for c in seen if any(pat.search(l) for l in comps[c]))
-    n_dots = sum(1 for c in seen for l in comps[c] if " dot(" in l or "__ynn_fusion" in l)
-    return {"while_bodies": len(bodies), "dots_reachable_from_loops": n_dots,
-            "input_sized_ops_in_loops": hits, "input_product_hoisted": not hits}
-
-
 def bench_jax(cfg, weights, biases, x_np, y_np, repeats, inner):
     step, tx, _, counter = make_jax_step(cfg["sizes"], cfg["t_free"], cfg["t_nudged"], cfg["alphas"])
     params = to_jax_params(weights, biases)
@@ -273,14 +174,14 @@ def bench_jax(cfg, weights, biases, x_np, y_np, repeats, inner):
     jax.block_until_ready(params)
 
     samples = []
-    ticks0 = _cpu_ticks()
+    ticks0 = cpu_ticks()
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(inner):  # no host sync inside: only dispatches
             params, opt_state, key = step(params, opt_state, key, x, y)
         jax.block_until_ready((params, opt_state, key))
         samples.append((time.perf_counter() - t0) * 1e3 / inner)
-    cpu = cpu_usage(ticks0, _cpu_ticks())
+    cpu = cpu_usage(ticks0, cpu_ticks())
 
     finite = all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params))
     traces, cache_size = counter[0], step._cache_size()  # before lowering for the HLO check
@@ -308,12 +209,12 @@ def bench_torch(cfg, weights, biases, x_np, y_np, repeats, Net):
     for _ in range(2):
         torch_step(net, x, y, *args)
     samples = []
-    ticks0 = _cpu_ticks()
+    ticks0 = cpu_ticks()
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch_step(net, x, y, *args)
         samples.append((time.perf_counter() - t0) * 1e3)
-    cpu = cpu_usage(ticks0, _cpu_ticks())
+    cpu = cpu_usage(ticks0, cpu_ticks())
     finite = all(bool(torch.isfinite(p).all()) for p in list(net.weights) + list(net.biases))
     return {
         "median_ms": statistics.median(samples),

@@ -48,7 +48,7 @@ import optax
 from flax.linen import initializers
 
 from ep_jax.activations import ACTIVATIONS
-from ep_jax.costs import as_dense_target
+from ep_jax.costs import as_dense_target, classification_error
 
 OPTIMIZERS = ("adam", "adamw", "momentum", "nesterov", "sgd")
 LOSSES = ("cross_entropy", "squared_error")
@@ -266,10 +266,6 @@ class BackpropLearner:
         logits = self.apply(params, x, key)
         return jnp.mean(self.per_example_loss(logits, y)), logits
 
-    @staticmethod
-    def _error(logits: jax.Array, y: jax.Array) -> jax.Array:
-        return jnp.mean((jnp.argmax(logits, axis=-1) != y).astype(logits.dtype))
-
     # ------------------------------------------------------------------ learner interface
 
     def train_step(
@@ -295,12 +291,12 @@ class BackpropLearner:
         )
         updates, opt_state = self.tx().update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return BPState(params, opt_state), {"error": self._error(logits, y), "cost": cost}
+        return BPState(params, opt_state), {"error": classification_error(logits, y), "cost": cost}
 
     def evaluate(self, state: BPState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
         """``{"error", "cost"}`` on a whole split (no dropout): fraction wrong and mean loss."""
         cost, logits = self.loss_fn(state.params, x, y)
-        return {"error": self._error(logits, y), "cost": cost}
+        return {"error": classification_error(logits, y), "cost": cost}
 
     def predict(self, state: BPState, x: jax.Array) -> jax.Array:
         """Predicted classes ``argmax a_L``, shape ``(B,)``."""

@@ -140,7 +140,7 @@ def test_one_input_product_per_training_step_outside_the_loops():
     """The EP step's optimised HLO: the clamped input enters exactly two products (rho(x) W_0,
     shared by both phases and the energy statistics, and the input layer's weight gradient),
     and no while-loop body touches an input-sized array."""
-    from benchmarks.relax_throughput import input_product_in_loop
+    from ep_jax.bench import input_product_in_loop
 
     n0 = 37  # a size no other layer has
     energy = hopfield((n0, 11, 3))

@@ -1,6 +1,6 @@
 """PyTorch references for the throughput suite: one EP training step, three ways.
 
-Every reference runs the same math as the JAX step of ``benchmarks/suite.py`` (Hopfield energy,
+Every reference runs the same math as the JAX step of ``ep_jax.bench`` (Hopfield energy,
 hard sigmoid, free phase from zeros, nudged phase, EP update with per-layer SGD), with the same
 shapes and step counts, on CUDA when torch sees one, else on the CPU. ``step(x, y)`` does one
 training step in place; ``sync()`` waits for the device; ``params()`` returns numpy
@@ -34,21 +34,22 @@ training step in place; ``sync()`` waits for the device; ``params()`` returns nu
   (``gd``, ``gd-tol``, ``fp-sync``, ``fp-async``). ``compile=True`` wraps the per-step kernels
   in ``torch.compile`` (``make_torch_best`` falls back to eager and reports why if compiling
   fails).
+
+``check_references`` runs all three against the JAX step on a tiny net (used by
+``benchmarks/suite.py`` before timing and by ``tests/test_bench_suite.py``).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.reference import seed001, seed002  # noqa: E402
+from ep_jax import bench
+from ep_jax.energies import make_energy
+from ep_jax.solvers import relax
+from tests.reference import seed001, seed002
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -372,3 +373,66 @@ def make_torch_best(*args, compile=False, **kwargs):
         if not compile:
             raise
         return TorchBest(*args, compile=False, **kwargs), f"{type(e).__name__}: {e}"
+
+
+# ------------------------------------------------------------------------------------------
+# Numerical agreement with the JAX step (run by benchmarks/suite.py and tests/test_bench_suite.py)
+# ------------------------------------------------------------------------------------------
+def ref_kwargs(row: bench.Row) -> dict:
+    """The keyword arguments that make a reference run a ``bench.Row``'s step."""
+    return dict(t_free=row.t_free, t_nudged=row.t_nudged, epsilon=bench.EPSILON, beta=bench.BETA,
+                alphas=bench.alphas_for(row.sizes), dtype=row.dtype)
+
+
+def check_references(sizes=(12, 9, 7, 4), batch=5, t_free=6, t_nudged=3, seed=0) -> dict:
+    """One training step from the same params and batch with a fixed +beta (rule ``ep``): the
+    updated parameters of ``torch_best`` (every solver) and ``seed002`` must equal the JAX
+    step's; seed 001 (its update differentiates through the trajectory and restarts the
+    nudged phase from zeros, by design of the seed) must give the same free and
+    nudged-from-zeros states. Returns the worst relative differences, float32."""
+    rng = np.random.default_rng(seed)
+    weights, _ = bench.init_params(sizes, seed)
+    biases = [rng.uniform(-0.1, 0.3, n).astype(np.float32) for n in sizes[1:]]
+    x = rng.uniform(0, 1, (batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    out = {}
+
+    def rel(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+    for solver in bench.SOLVERS:
+        row = bench.Row(tuple(sizes), batch, t_free, t_nudged, solver=solver)
+        energy, phases, tx = bench.row_setup(row)
+        step = bench.make_training_step(energy, "ep", phases, tx)
+        p = bench.jax_params(weights, biases, "float32")
+        new, _, _, _ = step(p, tx.init(p), jax.random.PRNGKey(0), jnp.asarray(x),
+                            jnp.asarray(y, jnp.int32))
+        dj = [np.asarray(new[f"layer_{l}"]["kernel"]) - weights[l] for l in range(len(weights))]
+        bj = [np.asarray(new[f"layer_{l}"]["bias"]) for l in range(len(weights))]
+        names = ("torch_best", "seed002") if solver == "gd" else ("torch_best",)
+        for name in names:
+            kw = dict(ref_kwargs(row), random_sign=False)
+            ref = (TorchBest(weights, biases, solver=solver, tol=bench.TOL, **kw)
+                   if name == "torch_best" else Seed002Ref(weights, biases, batch_size=batch, **kw))
+            ref.step(*ref.inputs(x, y))
+            w_t, b_t = ref.params()
+            out[f"{name}/{solver}/weight_update"] = max(
+                rel(w_t[l] - weights[l], dj[l]) for l in range(len(weights)))
+            out[f"{name}/{solver}/bias"] = max(rel(b_t[l], bj[l]) for l in range(len(weights)))
+    # seed 001: the relaxations
+    energy = make_energy("hopfield", sizes)
+    p = bench.jax_params(weights, biases, "float32")
+    xj, yj = jnp.asarray(x), jnp.asarray(y, jnp.int32)
+    s_free, _ = relax(energy, p, xj, energy.zeros_state(xj), solver=bench.make_solver("gd", t_free))
+    s_nz, _ = relax(energy, p, xj, energy.zeros_state(xj), target=yj, beta=bench.BETA,
+                    solver=bench.make_solver("gd", t_nudged))
+    ref = Seed001Ref(weights, biases, random_sign=False,
+                     **ref_kwargs(bench.Row(tuple(sizes), batch, t_free, t_nudged)))
+    xt, yt = ref.inputs(x, y)
+    free_t = ref.net.free_phase(xt, t_free, bench.EPSILON)[1:]
+    nudged_t = ref.net.weakly_clamped_phase(xt, yt, t_nudged, bench.EPSILON, bench.BETA)[1:]
+    out["seed001/gd/free_state"] = max(rel(a.detach().numpy(), b) for a, b in zip(free_t, s_free))
+    out["seed001/gd/nudged_from_zeros_state"] = max(
+        rel(a.detach().numpy(), b) for a, b in zip(nudged_t, s_nz))
+    return out
