@@ -26,7 +26,6 @@ Results: ``benchmarks/results/rule_comparison_mnist10k.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -42,10 +41,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ep_jax.config import get_preset  # noqa: E402
-from ep_jax.data import load_dataset  # noqa: E402
+from ep_jax.app.config import get_preset  # noqa: E402
+from ep_jax.app.data import load_dataset  # noqa: E402
+from ep_jax.app.train import train  # noqa: E402
 from ep_jax.rules import RULES  # noqa: E402
-from ep_jax.train import train  # noqa: E402
 
 PC_RULES = ("pc", "pc-nudge")
 
@@ -66,14 +65,14 @@ def registered_rules() -> tuple[list[str], list[str]]:
 
 def rule_config(base, rule: str, epochs: int, hidden, scale: float, seed: int = 0):
     kw = dict(rule=rule, epochs=epochs, hidden=tuple(hidden), seed=seed, eval_every=epochs,
-              checkpoint_every=0, log_every=1, alphas=tuple(scale * a for a in base.alphas),
-              preset="rule-comparison")
+              checkpoint_every=0, log_every=1,
+              alphas=tuple(scale * a for a in base.optimizer.alphas), preset="rule-comparison")
     if rule in PC_RULES:
         kw.update(energy="conditional_gaussian", activation="sigmoid", state_init="feedforward",
                   persistent=False)
     else:
         kw.update(energy="hopfield", activation="hard_sigmoid", state_init="zeros", persistent=True)
-    return dataclasses.replace(base, **kw)
+    return base.with_overrides(**kw)
 
 
 def seed_sweep_error(cfg, params, x, y, batch: int, n_out: int = 10) -> float:
@@ -81,7 +80,8 @@ def seed_sweep_error(cfg, params, x, y, batch: int, n_out: int = 10) -> float:
     from ep_jax.energies import make_energy
     from ep_jax.rules.seed000 import negative_sweep
 
-    energy = make_energy(cfg.energy, (x.shape[1], *cfg.hidden, n_out), activation=cfg.activation)
+    m = cfg.model
+    energy = make_energy(m.energy, (x.shape[1], *m.hidden, n_out), activation=m.activation)
     n = (x.shape[0] // batch) * batch
     xb = jnp.asarray(x[:n]).reshape(-1, batch, x.shape[1])
 
@@ -90,7 +90,7 @@ def seed_sweep_error(cfg, params, x, y, batch: int, n_out: int = 10) -> float:
         def one(xi):
             dummy = jnp.zeros((batch, energy.sizes[-1]), xi.dtype)
             state = jax.lax.fori_loop(
-                0, cfg.free_steps,
+                0, cfg.rule.free_steps,
                 lambda _, s: tuple(negative_sweep(energy, params, xi, dummy, s, 0.0, "chl")),
                 energy.zeros_state(xi))
             return jnp.argmax(state[-1], -1)
@@ -123,8 +123,8 @@ def run(cfg, data, measure_seed: bool, metrics_dir=None) -> dict:
         out["diverged"] = "non-finite test error"
     if measure_seed:
         params = jax.device_get(s["state"].learner.params)
-        out["seed_sweep_error"] = seed_sweep_error(cfg, params, data.x_test, data.y_test, cfg.batch_size,
-                                                   data.num_classes)
+        out["seed_sweep_error"] = seed_sweep_error(cfg, params, data.x_test, data.y_test,
+                                                   cfg.data.batch_size, data.num_classes)
     return out
 
 
@@ -139,19 +139,20 @@ def exact_gradient(cfg, data, n_batch: int):
     from ep_jax.solvers import GradientDescent, check_stats, relax
 
     jax.config.update("jax_enable_x64", True)
-    memo = (cfg.energy, cfg.activation, cfg.hidden, cfg.state_init, cfg.cost, cfg.seed, cfg.step_size, n_batch)
+    m, r, seed = cfg.model, cfg.rule, cfg.loop.seed
+    memo = (m.energy, m.activation, m.hidden, r.state_init, r.cost, seed, r.step_size, n_batch)
     if memo in _EXACT:
         return _EXACT[memo]
-    sizes = (data.x_train.shape[1], *cfg.hidden, data.num_classes)
-    energy = make_energy(cfg.energy, sizes, activation=cfg.activation)
-    init_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)[0]  # as ep_jax.train.Run
+    sizes = (data.x_train.shape[1], *m.hidden, data.num_classes)
+    energy = make_energy(m.energy, sizes, activation=m.activation)
+    init_key = jax.random.split(jax.random.PRNGKey(seed), 3)[0]  # as ep_jax.app.train.Run
     params = jax.tree.map(lambda t: jnp.asarray(t, jnp.float64), energy.init_params(init_key, jnp.float32))
     x = jnp.asarray(data.x_train[:n_batch], jnp.float64)
     y = jnp.asarray(data.y_train[:n_batch], jnp.int32)
-    hard = cfg.activation == "hard_sigmoid"
-    cost = get_cost(cfg.cost)
-    tight = GradientDescent(cfg.step_size, 20000, tol=1e-12, project="clip01" if hard else None)
-    s_star, stats = jax.jit(lambda p: relax(energy, p, x, energy.init_state(p, x, cfg.state_init),
+    hard = m.activation == "hard_sigmoid"
+    cost = get_cost(r.cost)
+    tight = GradientDescent(r.step_size, 20000, tol=1e-12, project="clip01" if hard else None)
+    s_star, stats = jax.jit(lambda p: relax(energy, p, x, energy.init_state(p, x, r.state_init),
                                             solver=tight, cost=cost))(params)
     check_stats(stats, require_converged=True, where="free phase of the exact gradient")
     g_imp, info = jax.jit(lambda p, s: implicit_gradient(
@@ -171,14 +172,15 @@ def gradient_check(cfg, data, n_batch: int = 20) -> dict:
     from ep_jax.solvers import GradientDescent
 
     energy, params, x, y, g_imp, info = exact_gradient(cfg, data, n_batch)
-    project = "clip01" if cfg.activation == "hard_sigmoid" else None
-    # the training phases, exactly as ep_jax.train.build_learner makes them
-    phases = Phases(cfg.beta, GradientDescent(cfg.step_size, cfg.free_steps, project=project),
-                    GradientDescent(cfg.step_size, cfg.nudged_steps, project=project), get_cost(cfg.cost))
-    state0 = "zeros" if cfg.persistent else cfg.state_init  # the particles start at zeros
-    step_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)[1]
+    r = cfg.rule
+    project = "clip01" if cfg.model.activation == "hard_sigmoid" else None
+    # the training phases, exactly as ep_jax.app.build.build_learner makes them
+    phases = Phases(r.beta, GradientDescent(r.step_size, r.free_steps, project=project),
+                    GradientDescent(r.step_size, r.nudged_steps, project=project), get_cost(r.cost))
+    state0 = "zeros" if r.persistent else r.state_init  # the particles start at zeros
+    step_key = jax.random.split(jax.random.PRNGKey(cfg.loop.seed), 3)[1]
     key = jax.random.fold_in(step_key, 0)  # the key of training step 0
-    grads, res = jax.jit(lambda p: get_rule(cfg.rule)(energy, p, x, y, state0, phases=phases, key=key))(params)
+    grads, res = jax.jit(lambda p: get_rule(r.rule)(energy, p, x, y, state0, phases=phases, key=key))(params)
     c = compare(grads, g_imp)
     return {"cosine": c["cosine"], "rel_error": c["rel_error"], "norm_rule": c["norm_estimate"],
             "norm_exact": c["norm_reference"], "batch": int(x.shape[0]), "dtype": "float64", **info,
@@ -316,7 +318,7 @@ def main(argv=None) -> int:
         names = [r for r in names if r in args.rules.split(",")]
     base = get_preset("mnist10k")
     d = load_dataset("mnist10k")
-    hidden = base.hidden
+    hidden = base.model.hidden
     epochs = args.epochs
     scales = [float(s) for s in args.scales.split(",")]
     n_check = 20
@@ -331,7 +333,8 @@ def main(argv=None) -> int:
     results = {}
     for rule in names:
         cfg1 = rule_config(base, rule, epochs, hidden, 1.0, args.seed)
-        e: dict = {"energy": f"{cfg1.energy} ({cfg1.activation})", "config": json.loads(cfg1.to_json())}
+        e: dict = {"energy": f"{cfg1.model.energy} ({cfg1.model.activation})",
+                   "config": json.loads(cfg1.to_json())}
         seedrule = rule.startswith("seed000-")
         e["validation"] = []
         if len(scales) > 1:
@@ -387,11 +390,13 @@ def main(argv=None) -> int:
                                               if "cosine" in g else g["error"]))
     t_check = time.perf_counter() - t0
 
+    br = base.rule
     meta = {
-        "sizes": [n_in, *hidden, n_out], "batch_size": base.batch_size, "free_steps": base.free_steps,
-        "nudged_steps": base.nudged_steps, "step_size": base.step_size, "beta": base.beta, "epochs": epochs,
-        "seed": args.seed, "gradcheck_batch": n_check, "preset_alphas": list(base.alphas), "scales": scales, "n_train": len(d.y_train),
-        "n_test": len(d.y_test), "eval_tol": base.eval_tol, "eval_max_steps": base.eval_max_steps,
+        "sizes": [n_in, *hidden, n_out], "batch_size": base.data.batch_size, "free_steps": br.free_steps,
+        "nudged_steps": br.nudged_steps, "step_size": br.step_size, "beta": br.beta, "epochs": epochs,
+        "seed": args.seed, "gradcheck_batch": n_check, "preset_alphas": list(base.optimizer.alphas),
+        "scales": scales, "n_train": len(d.y_train),
+        "n_test": len(d.y_test), "eval_tol": br.eval_tol, "eval_max_steps": br.eval_max_steps,
         "split": (f"train on the first {len(val.y_train)} of the {len(d.y_train)} training images, validate on the "
                   f"last {n_val}") if len(scales) > 1 else "none (a single scale)",
         "quick": args.quick, "jax": jax.__version__, "device": jax.devices()[0].platform,

@@ -43,7 +43,7 @@ DATA_DIR = REPO.parent / "shared" / "data"
 
 def run_cli(preset: str, seed: int, extra=()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "ep_jax.cli", "train", "--preset", preset, "--seed", str(seed),
+        cmd = [sys.executable, "-m", "ep_jax.app.cli", "train", "--preset", preset, "--seed", str(seed),
                "--data-dir", str(DATA_DIR), "--out", str(Path(tmp) / "run"), "--quiet", *extra]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

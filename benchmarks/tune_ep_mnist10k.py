@@ -10,7 +10,6 @@ the last 1,000 (seeds ``--seeds``), everything else as the preset. Results:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -19,9 +18,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ep_jax.config import get_preset  # noqa: E402
-from ep_jax.data import load_dataset  # noqa: E402
-from ep_jax.train import train  # noqa: E402
+from ep_jax.app.config import get_preset  # noqa: E402
+from ep_jax.app.data import load_dataset  # noqa: E402
+from ep_jax.app.train import train  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,14 +38,14 @@ def main(argv=None) -> int:
         alphas = tuple(k * a for a in paper)
         errs = []
         for seed in (int(s) for s in args.seeds.split(",")):
-            cfg = dataclasses.replace(base, alphas=alphas, seed=seed, eval_every=base.epochs)
+            cfg = base.with_overrides(alphas=alphas, seed=seed, eval_every=base.loop.epochs)
             errs.append(train(cfg, data=val, quiet=True, plots=False)["test_error"])
         rows.append({"scale": k, "alphas": alphas, "val_errors": errs, "val_error_mean": statistics.mean(errs)})
         print(rows[-1], flush=True)
     best = min(rows, key=lambda r: r["val_error_mean"])
     out = REPO / "benchmarks" / "results" / "ep_mnist10k_tuning"
     meta = {"split": "train = first 7,000 of the 8,000 MNIST-10k training images, validation = last 1,000",
-            "fixed": {k: v for k, v in dataclasses.asdict(base).items() if k not in ("alphas", "seed")}}
+            "fixed": {k: v for k, v in base.flat().items() if k not in ("alphas", "seed")}}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "best": best}, indent=2) + "\n")
     lines = ["# EP learning rates for `mnist10k`, selected on validation", "", meta["split"] + ".",
              "Everything else as the preset (784-500-10, 20/4 steps, eps 0.5, beta 0.5 random sign, batch 20, 25 epochs).", "",

@@ -41,7 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ep_jax.costs import as_dense_target, squared_error  # noqa: E402
-from ep_jax.data import load_dataset  # noqa: E402
+from ep_jax.app.data import load_dataset  # noqa: E402
 from ep_jax.energies import make_energy  # noqa: E402
 from ep_jax.rules import RULES, Phases  # noqa: E402
 from ep_jax.solvers import FixedPoint, GradientDescent, relax  # noqa: E402
@@ -450,7 +450,7 @@ def study(quick: bool, rules_filter=None, log=print) -> dict:
 
 def plot_best(result: dict, path: Path) -> Optional[dict]:
     """Network graph of the best tuned ``ep-symmetric`` (else ``seed000-ep``) run, input (1, 0)."""
-    from ep_jax import plots
+    from ep_jax.app import plots
 
     for rule in ("ep-symmetric", "seed000-ep"):
         e = result["rules"].get(rule)

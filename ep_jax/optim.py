@@ -40,8 +40,8 @@ def per_part(make: Callable[[float], optax.GradientTransformation], rates: Mappi
         got = {groups.get(k, k) for k in params}
         if got != set(transforms):
             raise ValueError(
-                f"rates: expected one learning rate per parameter part {sorted(got)}, received "
-                f"rates for {sorted(transforms)}"
+                f"rates: expected one learning rate per layer (parameter part) {sorted(got)}, "
+                f"received rates for {sorted(transforms)}"
             )
         return {k: jax.tree.map(lambda _, k=k: groups.get(k, k), sub) for k, sub in params.items()}
 

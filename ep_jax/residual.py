@@ -257,14 +257,16 @@ class ResidualEnergy(Energy):
         return free_phase(params, x)[1:]
 
 
+INNER_OPTIMIZERS = {"sgd": optax.sgd, "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+                    "adam": optax.adam}
+
+
 @functools.lru_cache(maxsize=None)
 def inner_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
     """One optax object per (name, rate), so equal configurations give equal (hashable) solvers."""
-    makers = {"sgd": optax.sgd, "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-              "adam": optax.adam}
-    if name not in makers:
-        raise ValueError(f"optimizer: expected one of {sorted(makers)}, received {name!r}")
-    return makers[name](learning_rate)
+    if name not in INNER_OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {sorted(INNER_OPTIMIZERS)}, received {name!r}")
+    return INNER_OPTIMIZERS[name](learning_rate)
 
 
 class ResidualEP(NamedTuple):

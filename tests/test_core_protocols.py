@@ -254,9 +254,13 @@ def test_extending_example_trains(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "docs" / "examples" / "tanh_hopfield.py"
-    out = subprocess.run([sys.executable, str(script), "--epochs", "3"], capture_output=True,
-                         text=True, timeout=600, cwd=tmp_path)
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, str(root / "docs" / "examples" / "tanh_hopfield.py"),
+                          "--epochs", "3"], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     test_error = float(last.split("test error ")[1].split(",")[0])

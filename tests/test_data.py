@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import re
 import struct
 import tarfile
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ep_jax import data
-from ep_jax.data import DATASETS, Dataset, load_dataset, read_cifar10, read_idx
+from ep_jax.app import data
+from ep_jax.app.data import DATASETS, Dataset, load_dataset, read_cifar10, read_idx
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 MNIST_NAMES = data.MNIST_TRAIN_FILES + data.MNIST_TEST_FILES
@@ -203,6 +204,35 @@ def test_missing_files_message_says_what_to_put_where(tmp_path, monkeypatch):
         load_dataset("cifar10", data_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="mnist10k.*t10k-images-idx3-ubyte.gz"):
         load_dataset("mnist10k", data_dir=tmp_path)
+
+
+def test_an_installed_package_has_no_default_data_directory(tmp_path, monkeypatch):
+    """Outside a source checkout nothing outside the package is searched, and the error says so."""
+    monkeypatch.delenv("EP_JAX_DATA_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    monkeypatch.setattr(data, "_SOURCE_TREE_DATA", shared)
+    monkeypatch.setattr(data, "_REPO_ROOT", tmp_path / "site-packages")  # no pyproject.toml
+    assert data.default_data_dir() is None
+    with pytest.raises(FileNotFoundError) as err:
+        load_dataset("mnist10k")
+    msg = str(err.value)
+    assert "no data directory" in msg and "$EP_JAX_DATA_DIR is unset" in msg
+    assert "installed package has no default" in msg and str(shared) not in msg
+    assert "--data-dir" in msg and "t10k-images-idx3-ubyte.gz" in msg
+    with pytest.raises(FileNotFoundError, match="no data directory.*prepared copy .*"
+                       + re.escape(str(tmp_path / "tfds"))):
+        load_dataset("fashion_mnist")
+    # A source checkout (pyproject.toml next to the package) uses its ../shared/data if it exists.
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "pyproject.toml").write_text("")
+    monkeypatch.setattr(data, "_REPO_ROOT", tmp_path / "repo")
+    assert data.default_data_dir() == shared
+    shared.rmdir()
+    assert data.default_data_dir() is None
+    with pytest.raises(FileNotFoundError, match=re.escape(f"source checkout's {shared} does not exist")):
+        load_dataset("mnist10k")
 
 
 def test_corrupt_idx_files_name_the_file(tmp_path):

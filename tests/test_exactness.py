@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from ep_jax.cli import main
+from ep_jax.app.cli import main
 from ep_jax.energies import conditional_gaussian, hopfield, restricted_hopfield
 from ep_jax.exact import bptt_gradient, compare, implicit_gradient
 from ep_jax.rules import Phases, get_rule

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from ep_jax.plots import layer_sizes, plot_curves, plot_network, plot_weight_tiles
+from ep_jax.app.plots import layer_sizes, plot_curves, plot_network, plot_weight_tiles
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -54,7 +54,7 @@ def test_xor_study_quick(tmp_path):
 
 @pytest.mark.parametrize("script", ["rule_comparison_mnist10k.py"])
 def test_rule_comparison_mnist10k_quick(tmp_path, script):
-    from ep_jax.data import load_dataset
+    from ep_jax.app.data import load_dataset
 
     try:
         load_dataset("mnist10k")

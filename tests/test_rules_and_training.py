@@ -5,13 +5,13 @@ import numpy as np
 import optax
 import pytest
 
-from ep_jax.cli import main
+from ep_jax.app.cli import main
 from ep_jax.energies import hopfield
 from ep_jax.optim import per_layer_sgd
 from ep_jax.rules import RULES, Phases, get_rule
 from ep_jax.solvers import FixedPoint, GradientDescent
-from ep_jax.config import get_preset
-from ep_jax.train import train
+from ep_jax.app.config import get_preset
+from ep_jax.app.train import train
 from tests.conftest import assert_tree_close, random_net
 
 

@@ -73,7 +73,7 @@ from tests.reference import seed004 as ref
 
 BETA, STEPS, LR = 0.5, 20, 0.1
 SEED_CFG = ResidualEP(beta=BETA, steps=STEPS, learning_rate=LR, optimizer="sgd",
-                      embed_grad="seed004", batch_scaling="seed004")
+                      embedding_gradient="identity-path", batch_scaling="batch-mean")
 RTOL = {np.float32: 1e-5, np.float64: 1e-10}
 STATE_RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 HEAD = ("head", "out_ln")
@@ -82,7 +82,7 @@ SMALL = (48, 32, 10, 3, 16)       # in_dim, d, classes, blocks, batch
 ONE_BLOCK = (48, 32, 10, 1, 4)
 DEFAULT = (3072, 256, 10, 4, 128)  # the seed's CIFAR-10 net and batch size
 
-_nudged = jax.jit(nudged_phase, static_argnums=3)
+_nudged = jax.jit(nudged_phase, static_argnums=4)
 
 
 @jax.jit
@@ -434,7 +434,7 @@ def test_batch_scaling_quirk():
 
     def disp_jax(xx, yy, cfg):
         hf = free_phase(params, xx)
-        hn, _ = _nudged(params, yy, hf, cfg)
+        hn, _ = _nudged(params, xx, yy, hf, cfg)
         return [np.asarray(n - f)[:B] for n, f in zip(hn, hf)]
 
     per_ex = SEED_CFG._replace(batch_scaling="per-example")

@@ -2,9 +2,10 @@
 the run's PRNG key, epoch and step, plus the config they belong to.
 
 Layout: ``DIR/checkpoints/<epoch>/`` (orbax ``CheckpointManager``, atomic: a run killed while
-saving leaves no half-written checkpoint behind) and ``DIR/config.json``. Restoring checks that
-the saved config describes the same model and that every array has the shape and dtype the
-current run expects, and says which field differs otherwise.
+saving leaves no half-written checkpoint behind) and ``DIR/config.json``. Resuming checks that
+the saved config has the same fingerprint (``TrainConfig.fingerprint``: every field that changes
+what the saved state means) and that every array has the shape and dtype the current run
+expects, and says which field differs otherwise.
 """
 
 from __future__ import annotations
@@ -18,12 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-# Config fields that change the *shapes or meaning* of the saved state; the others (epochs,
-# eval_every, log_every, ...) may differ when resuming, e.g. to extend a run.
-MODEL_FIELDS = (
-    "dataset", "learner", "hidden", "energy", "activation", "rule", "cost", "persistent",
-    "optimizer", "batch_size", "seed", "bp_optimizer", "bp_activation", "bp_loss",
-)
+from ep_jax.app.config import TrainConfig
 
 
 class CheckpointError(RuntimeError):
@@ -50,25 +46,29 @@ def latest_epoch(run_dir: Path) -> Optional[int]:
         return mngr.latest_step()
 
 
-def check_config(run_dir: Path, config: dict) -> None:
-    """Raises ``CheckpointError`` if ``run_dir/config.json`` differs from ``config`` in a model field."""
+def check_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """Raises ``CheckpointError`` unless ``run_dir/config.json`` has the fingerprint of ``cfg``.
+
+    The message names the first ``section.field`` that differs, with both values.
+    """
     path = Path(run_dir) / "config.json"
     try:
-        saved = json.loads(path.read_text())
+        saved = TrainConfig.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; cannot tell which run the checkpoints belong to")
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: corrupt JSON ({err})")
-    for name in MODEL_FIELDS:
-        a, b = saved.get(name), config.get(name)
-        if isinstance(a, list):
-            a = tuple(a)
-        if isinstance(b, list):
-            b = tuple(b)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a valid run config ({err})") from err
+    theirs, ours = saved.fingerprint(), cfg.fingerprint()
+    for name in dict.fromkeys([*theirs, *ours]):
+        a, b = theirs.get(name), ours.get(name)
         if a != b:
+            why = (" (optimizer.schedule decays the rates over all epochs of the run)"
+                   if name == "loop.epochs" else "")
             raise CheckpointError(
                 f"checkpoint in {run_dir} belongs to a different run: {name} is {a!r} there, "
-                f"{b!r} in this run"
+                f"{b!r} in this run{why}"
             )
 
 

@@ -60,41 +60,41 @@ def _gradcheck(args) -> int:
 
 
 def _add_train(sub):
-    import dataclasses
-
-    from ep_jax.config import DEFAULT_PRESET, PRESETS, TrainConfig
+    from ep_jax.app.config import DEFAULT_PRESET, FIELD_SECTION, PRESETS
 
     p = sub.add_parser(
         "train",
         help="train a network from a preset (default: digits)",
-        description="Trains a preset; any config field can be overridden (--beta 0.5 --hidden "
-        "500,500). The resolved config is printed and saved in --out with metrics.jsonl, "
-        "summary.json, checkpoints and plots. Presets: " + ", ".join(sorted(PRESETS)),
+        description="Trains a preset; any config field can be overridden by its name (--beta 0.5 "
+        "--hidden 500,500 --epochs 1); each flag sets one section.field of the nested config. The "
+        "resolved config is printed and saved in --out with metrics.jsonl, summary.json, "
+        "checkpoints and plots. Presets: " + ", ".join(sorted(PRESETS)),
     )
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<time>)")
-    p.add_argument("--data-dir", default=None, help="offline dataset files (see ep_jax.data)")
+    p.add_argument("--data-dir", default=None,
+                   help="offline dataset files (default $EP_JAX_DATA_DIR; see ep_jax.app.data)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("preset", "description"):
-            continue
-        default = getattr(TrainConfig(), f.name)
-        kind = _field_parser(default)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                       help="(config field, preset value unless given)")
+    fields = p.add_argument_group("config fields (default: the preset's value)")
+    for name, section in FIELD_SECTION.items():
+        parse, metavar = _field_parser(name)
+        # SUPPRESS: only the flags given reach the namespace, so "--grad-clip none" is a value.
+        fields.add_argument("--" + name.replace("_", "-"), dest=name, type=parse,
+                            default=argparse.SUPPRESS, metavar=metavar, help=f"{section}.{name}")
 
 
-def _field_parser(default):
-    if isinstance(default, bool):
-        return _bool
-    if isinstance(default, tuple):
-        return _floats if default and isinstance(default[0], float) else _sizes
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float) or default is None:
-        return _optional_float
-    return str
+def _field_parser(name: str):
+    """(argument parser, metavar) of config field ``name``, from its annotated type."""
+    from typing import Optional
+
+    from ep_jax.app.config import field_type
+
+    return {
+        bool: (_bool, "true|false"), int: (int, "N"), float: (float, "X"), str: (str, "NAME"),
+        Optional[float]: (_optional_float, "X|none"), tuple[int, ...]: (_sizes, "N,N,..."),
+        tuple[float, ...]: (_floats, "X,X,..."),
+    }[field_type(name)]
 
 
 def _bool(text: str) -> bool:
@@ -122,15 +122,13 @@ def _optional_float(text: str):
 
 
 def _train(args) -> int:
-    import dataclasses
     import time
 
-    from ep_jax.config import TrainConfig, get_preset
-    from ep_jax.train import replace, train
+    from ep_jax.app.config import FIELD_SECTION, get_preset
+    from ep_jax.app.train import train
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if f.name not in ("preset", "description")}
-    cfg = replace(get_preset(args.preset), **overrides)
+    overrides = {name: getattr(args, name) for name in FIELD_SECTION if hasattr(args, name)}
+    cfg = get_preset(args.preset).with_overrides(**overrides)
     out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not args.quiet:
         print(f"config ({out}/config.json):")
@@ -159,7 +157,7 @@ def _add_eval(sub):
 
 
 def _eval(args) -> int:
-    from ep_jax.train import evaluate_checkpoint
+    from ep_jax.app.train import evaluate_checkpoint
 
     print(json.dumps(evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, epoch=args.epoch)))
     return 0
@@ -177,13 +175,13 @@ def _add_credit(sub):
     p.add_argument("--checkpoint", required=True, help="a run directory written by ep-jax train")
     p.add_argument("--epoch", type=int, default=None, help="default: the latest checkpoint")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch", type=int, default=None, help="default: the run's credit_batch")
+    p.add_argument("--batch", type=int, default=None, help="default: the run's loop.credit_batch")
     p.add_argument("--random-targets", action="store_true",
                    help="score the credit against uniform random labels (control)")
 
 
 def _credit(args) -> int:
-    from ep_jax.train import credit_checkpoint
+    from ep_jax.app.train import credit_checkpoint
 
     print(json.dumps(credit_checkpoint(args.checkpoint, data_dir=args.data_dir, epoch=args.epoch,
                                        batch=args.batch, random_targets=args.random_targets)))
@@ -191,36 +189,22 @@ def _credit(args) -> int:
 
 
 def _add_bench(sub):
-    # Only for --help; main() hands everything after "bench" to the suite's own parser.
+    # Only for --help; main() hands everything after "bench" to ep_jax.bench's own parser.
     sub.add_parser(
         "bench",
-        help="relaxation-throughput benchmark suite (benchmarks/suite.py; "
-        "ep-jax bench --help for its options)",
+        help="relaxation-throughput benchmark suite (ep_jax.bench; ep-jax bench --help for its "
+        "options)",
     )
-
-
-def _bench(bench_args) -> int:
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "suite.py").exists():
-        raise FileNotFoundError(
-            f"expected the source tree's benchmarks/suite.py under {root}; the "
-            "benchmarks are not part of an installed wheel: run from a clone (pip install -e .)"
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks import suite
-
-    return suite.main(bench_args)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
+        from ep_jax import bench
+
         try:
-            return _bench(argv[1:])
-        except FileNotFoundError as err:
+            return bench.main(argv[1:])
+        except (ValueError, FileNotFoundError) as err:
             print(f"ep-jax bench: error: {err}", file=sys.stderr)
             return 2
     parser = argparse.ArgumentParser(prog="ep-jax", description=__doc__)
@@ -231,7 +215,7 @@ def main(argv=None) -> int:
     _add_credit(sub)
     _add_bench(sub)
     args = parser.parse_args(argv)
-    from ep_jax.checkpoint import CheckpointError
+    from ep_jax.app.checkpoint import CheckpointError
     from ep_jax.solvers import RelaxationError
 
     try:

@@ -1,202 +1,517 @@
-"""Training runs as data: ``TrainConfig`` and the named presets of ``ep-jax train``.
+"""Training runs as data: ``TrainConfig``, five frozen sections, and the presets of ``ep-jax train``.
 
-A preset is a complete ``TrainConfig``; command-line overrides replace fields
-(``dataclasses.replace``), and the resolved config is printed at the start of a run and saved as
-``config.json`` in the run directory, so a run is reproducible from that file alone.
+::
+
+    TrainConfig(preset, description,
+                model=ModelConfig(kind, hidden, energy, activation, n_blocks, dropout),
+                rule=RuleConfig(rule, beta, cost, step_size, free_steps, nudged_steps, ...),
+                optimizer=OptimizerConfig(optimizer, alphas, learning_rate, weight_decay, ...),
+                data=DataConfig(dataset, batch_size, augment, random_targets),
+                loop=LoopConfig(epochs, seed, eval_every, checkpoint_every, log_every,
+                                credit_batch))
+
+``model.kind`` says what is trained: ``"layered"`` (an energy from ``ep_jax.energies`` relaxed by
+gradient descent, trained by an EP-family rule from ``ep_jax.rules``), ``"mlp"`` (the feed-forward
+net of a backprop twin, ``rule="backprop"``) or ``"residual"`` (seed 004's ResidualMLP, trained by
+``rule="residual-ep"`` or ``"backprop"``). Each field says which kinds use it; a field the kind
+does not use must keep its default, so no setting is silently ignored.
+
+Field names are unique across sections: ``cfg.with_overrides(beta=0.3, hidden=(500,))`` and the
+command line's flat flags (``--beta 0.3 --hidden 500``) name a field without its section. A preset
+is a complete ``TrainConfig``; the resolved config is printed at the start of a run and saved as
+``config.json`` (nested JSON) in the run directory, so a run is reproducible from that file alone.
+
+Resuming: every field of ``model``, ``rule``, ``optimizer`` and ``data`` and ``loop.seed`` change
+what the saved state means (``FINGERPRINT``); the fields in ``RESUME_SAFE`` may differ when a run
+is resumed (e.g. more epochs). ``loop.epochs`` is safe only under a constant schedule: a cosine
+schedule decays the rates over the whole run, so its length is part of the fingerprint.
 
 Every EP preset has a ``bp-`` twin: the same layer sizes, data split, batch size and epochs,
-trained by backprop as a feed-forward MLP (``ep_jax.backprop``), so every EP number has its
-baseline on the same split.
+trained by backprop (``ep_jax.backprop``), so every EP number has its baseline on the same split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from typing import Optional
+import math
+import typing
+from typing import Any, Optional
 
-LEARNERS = ("ep", "bp")
-MODELS = ("layered", "residual")
+LAYERED, MLP, RESIDUAL = "layered", "mlp", "residual"
+KINDS = (LAYERED, MLP, RESIDUAL)
+BACKPROP, RESIDUAL_EP = "backprop", "residual-ep"
+COSTS = ("squared_error", "cross_entropy")
+SCHEDULES = ("constant", "cosine")
+STATE_INITS = ("zeros", "feedforward")
+
+# How a field behaves on ``--resume`` (dataclass field metadata "resume").
+FINGERPRINTED, SAFE = "fingerprint", "safe"
+
+
+def _field(default, *, used_by=KINDS, resume=FINGERPRINTED):
+    """A config field: the model kinds that read it and whether it may change on resume."""
+    return dataclasses.field(default=default, metadata={"used_by": used_by, "resume": resume})
+
+
+@functools.cache
+def _choice_tables() -> tuple[dict, dict]:
+    """(allowed values per field, the same per model kind); registries stay live dicts."""
+    from ep_jax.activations import ACTIVATIONS
+    from ep_jax.backprop import OPTIMIZERS as BP_OPTIMIZERS
+    from ep_jax.energies import ENERGIES
+    from ep_jax.optim import OPTIMIZERS as EP_OPTIMIZERS
+    from ep_jax.preprocess import AUGMENTS
+    from ep_jax.residual import BATCH_SCALINGS, EMBEDDING_GRADIENTS, INNER_OPTIMIZERS
+    from ep_jax.rules import RULES
+
+    shared = {
+        "kind": KINDS, "energy": ENERGIES, "activation": ACTIVATIONS, "state_init": STATE_INITS,
+        "inner_optimizer": INNER_OPTIMIZERS, "embedding_gradient": EMBEDDING_GRADIENTS,
+        "batch_scaling": BATCH_SCALINGS, "schedule": SCHEDULES, "augment": AUGMENTS,
+    }
+    per_kind = {
+        "rule": {LAYERED: RULES, MLP: (BACKPROP,), RESIDUAL: (RESIDUAL_EP, BACKPROP)},
+        # The residual model's only loss is softmax cross-entropy, its only optimizer seed 004's
+        # per-part AdamW.
+        "cost": {LAYERED: COSTS, MLP: COSTS, RESIDUAL: ("cross_entropy",)},
+        "optimizer": {LAYERED: EP_OPTIMIZERS, MLP: BP_OPTIMIZERS, RESIDUAL: ("adamw",)},
+    }
+    return shared, per_kind
+
+
+def choices(name: str, kind: str) -> Optional[tuple]:
+    """The values field ``name`` accepts for a model of ``kind``; ``None``: any of its type."""
+    shared, per_kind = _choice_tables()
+    allowed = per_kind[name][kind] if name in per_kind else shared.get(name)
+    return None if allowed is None else tuple(allowed)
+
+
+class _Section:
+    """Checks of one section's own fields; ``SECTION`` prefixes every message."""
+
+    SECTION = ""
+
+    def _fail(self, name: str, expected: str) -> None:
+        raise ValueError(
+            f"{self.SECTION}.{name}: expected {expected}, received {getattr(self, name)!r}"
+        )
+
+    def _int(self, name: str, minimum: int) -> None:
+        v = getattr(self, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            self._fail(name, f"an int >= {minimum}")
+
+    def _number(self, name: str, *, optional: bool = False, positive: bool = False) -> None:
+        v = getattr(self, name)
+        if v is None and optional:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
+                positive and v <= 0):
+            self._fail(name, ("a number > 0" if positive else "a finite number")
+                       + (" or None" if optional else ""))
+        object.__setattr__(self, name, float(v))
+
+    def _bool(self, name: str) -> None:
+        if not isinstance(getattr(self, name), bool):
+            self._fail(name, "true or false")
+
+    def _tuple(self, name: str, cast, check, what: str) -> None:
+        v = getattr(self, name)
+        try:
+            items = tuple(cast(a) for a in v) if not isinstance(v, (str, bytes)) else ()
+        except (TypeError, ValueError):
+            items = ()
+        if not items or not all(check(a) for a in items):
+            self._fail(name, what)
+        object.__setattr__(self, name, items)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One training run.
+class ModelConfig(_Section):
+    """What is trained.
 
     Attributes:
-      preset: the preset this config came from (informational).
-      description: one line saying what the preset reproduces.
-      dataset: a name from ``ep_jax.data.DATASETS``.
-      learner: ``"ep"`` (an energy-based net trained by a rule from ``ep_jax.rules``) or ``"bp"``.
-      hidden: hidden layer sizes; input and output sizes come from the data.
-      epochs, batch_size, seed: the usual; the last partial batch of an epoch is dropped.
+      kind: ``"layered"``, ``"mlp"`` or ``"residual"`` (see the module docstring).
+      hidden: hidden layer sizes (input and output sizes come from the data); ``(d,)``, the
+        block width, for a residual model.
+      energy: the energy of a layered net (``ep_jax.energies.ENERGIES``).
+      activation: the per-layer activation (``ep_jax.activations.ACTIVATIONS``) of a layered
+        net or an MLP.
+      n_blocks: residual blocks.
+      dropout: the MLP's inverted-dropout rate on its hidden layers, in [0, 1).
+    """
 
-      energy, activation: the EP energy (``ep_jax.energies``) and its per-layer activation.
-      rule: the EP learning rule (``ep_jax.rules.RULES``).
-      beta: nudging strength (the rule sets its sign).
-      cost: ``"squared_error"`` or ``"cross_entropy"`` on the output layer.
-      step_size: epsilon of the gradient-descent relaxation s <- clip(s - eps dF/ds, 0, 1).
-      free_steps, nudged_steps: relaxation steps of the free and nudged phases in training.
+    SECTION = "model"
+
+    kind: str = _field(LAYERED)
+    hidden: tuple[int, ...] = _field((100,))
+    energy: str = _field("hopfield", used_by=(LAYERED,))
+    activation: str = _field("hard_sigmoid", used_by=(LAYERED, MLP))
+    n_blocks: int = _field(4, used_by=(RESIDUAL,))
+    dropout: float = _field(0.0, used_by=(MLP,))
+
+    def __post_init__(self):
+        self._tuple("hidden", int, lambda n: n >= 1, "a non-empty sequence of sizes >= 1")
+        self._int("n_blocks", 1)
+        self._number("dropout")
+        if not 0.0 <= self.dropout < 1.0:
+            self._fail("dropout", "a rate in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleConfig(_Section):
+    """How the gradient is estimated.
+
+    Attributes:
+      rule: an EP-family rule (``ep_jax.rules.RULES``) for a layered net, ``"backprop"``, or
+        ``"residual-ep"`` (seed 004's feed-forward EP, ``ep_jax.residual``).
+      beta: nudging strength (the rule sets its sign); a residual model's credit diagnostics use
+        it under backprop too, as they use every residual-EP field below.
+      cost: ``"squared_error"`` or ``"cross_entropy"`` on the output layer (the BP twin's loss);
+        a residual model's is cross-entropy.
+      step_size: epsilon of the relaxation s <- clip(s - eps dF/ds, 0, 1); for a residual model,
+        the rate of the nudged phase's inner optimizer.
+      free_steps, nudged_steps: relaxation steps of the free and nudged phases in training; for
+        a residual model, ``nudged_steps`` are the inner optimizer's steps.
+      eval_max_steps, eval_tol: evaluation relaxes the free phase from ``state_init`` until the
+        update norm is below ``eval_tol`` or for ``eval_max_steps`` steps.
       persistent: keep each training example's free state between epochs ("persistent
         particles") and start its next free phase there; otherwise start from ``state_init``.
       state_init: ``"zeros"`` or ``"feedforward"``: start of non-persistent and test relaxations.
-      eval_max_steps, eval_tol: evaluation relaxes the free phase from ``state_init`` until the
-        update norm is below ``eval_tol`` or ``eval_max_steps`` steps.
-      alphas: EP learning rates, one per connection (the seeds' alphas).
-      optimizer: ``"sgd"``, ``"momentum"``, ``"adam"`` or ``"adamw"`` (EP); the BP twin reads its
-        own ``bp_*`` fields.
-      schedule: ``"constant"`` or ``"cosine"`` decay of every rate over the run.
-      grad_clip: clip the EP update to this global norm (``None``: no clipping).
+      inner_optimizer: the residual nudged phase's optimizer on the states.
+      embedding_gradient: ``"exact"`` or ``"identity-path"`` (seed 004's): residual EP's
+        embedding gradient (see ``ep_jax.residual``).
+      batch_scaling: ``"per-example"`` or ``"batch-mean"`` (seed 004's; see ``ep_jax.residual``).
+    """
 
-      model: ``"layered"`` (an energy from ``ep_jax.energies`` relaxed by a solver) or
-        ``"residual"`` (seed 004's feed-forward residual EP, ``ep_jax.residual``: ``hidden`` is
-        ``(d,)``, the block width; ``nudged_steps`` and ``step_size`` are the inner optimizer's
-        steps and rate; ``optimizer`` must be ``"adamw"``).
-      n_blocks: residual blocks (``model="residual"``).
-      learning_rate, weight_decay: the residual model's AdamW (EP); the BP twin reads ``bp_*``.
-      inner_optimizer: ``"sgd"``, ``"momentum"`` or ``"adam"`` on the states (residual nudged phase).
-      embed_grad: ``"exact"`` or ``"seed004"`` (residual EP's embedding gradient).
-      batch_scaling: ``"per-example"`` or ``"seed004"`` (see ``ep_jax.residual``).
+    SECTION = "rule"
+
+    rule: str = _field("ep-random-sign")
+    beta: float = _field(0.5, used_by=(LAYERED, RESIDUAL))
+    cost: str = _field("squared_error")
+    step_size: float = _field(0.5, used_by=(LAYERED, RESIDUAL))
+    free_steps: int = _field(20, used_by=(LAYERED,))
+    nudged_steps: int = _field(4, used_by=(LAYERED, RESIDUAL))
+    eval_max_steps: int = _field(100, used_by=(LAYERED,))
+    eval_tol: Optional[float] = _field(1e-4, used_by=(LAYERED,))
+    persistent: bool = _field(True, used_by=(LAYERED,))
+    state_init: str = _field("zeros", used_by=(LAYERED,))
+    inner_optimizer: str = _field("sgd", used_by=(RESIDUAL,))
+    embedding_gradient: str = _field("exact", used_by=(RESIDUAL,))
+    batch_scaling: str = _field("per-example", used_by=(RESIDUAL,))
+
+    def __post_init__(self):
+        self._number("beta")
+        self._number("step_size", positive=True)
+        for name in ("free_steps", "nudged_steps", "eval_max_steps"):
+            self._int(name, 1)
+        self._number("eval_tol", optional=True, positive=True)
+        self._bool("persistent")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(_Section):
+    """How the gradient is applied.
+
+    Attributes:
+      optimizer: a layered net's per-layer optimizer (``ep_jax.optim.OPTIMIZERS``), the MLP's
+        (``ep_jax.backprop.OPTIMIZERS``), or ``"adamw"`` (the residual model's per-part AdamW).
+      alphas: a layered net's learning rates, one per connection (the seeds' alphas).
+      learning_rate, weight_decay: the MLP's and the residual model's.
+      schedule: ``"constant"`` or ``"cosine"`` decay of every rate over the run.
+      grad_clip: clip the update to this global norm (``None``: no clipping).
+    """
+
+    SECTION = "optimizer"
+
+    optimizer: str = _field("sgd")
+    alphas: tuple[float, ...] = _field((0.1, 0.05), used_by=(LAYERED,))
+    learning_rate: float = _field(1e-3, used_by=(MLP, RESIDUAL))
+    weight_decay: float = _field(0.0, used_by=(MLP, RESIDUAL))
+    schedule: str = _field("constant")
+    grad_clip: Optional[float] = _field(None)
+
+    def __post_init__(self):
+        self._tuple("alphas", float, math.isfinite, "a non-empty sequence of learning rates")
+        self._number("learning_rate", positive=True)
+        self._number("weight_decay")
+        self._number("grad_clip", optional=True, positive=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+    """What it is trained on.
+
+    Attributes:
+      dataset: a name from ``ep_jax.app.data.DATASETS`` (or any name with ``train(data=...)``).
+      batch_size: examples per step; the last partial batch of an epoch is dropped.
       augment: ``"none"`` or ``"crop_flip"`` (random 4-pixel-padded crop + flip; images only).
       random_targets: train on i.i.d. random labels (seed 004's control run).
-      credit_batch: test examples of the credit diagnostics (``ep_jax.credit``) recorded at every
-        evaluation of a residual model (0: none).
+    """
 
-      bp_activation, bp_optimizer, bp_learning_rate, bp_weight_decay, bp_schedule, bp_loss,
-      bp_grad_clip, bp_dropout: the backprop twin's hyper-parameters (see ``ep_jax.backprop``).
+    SECTION = "data"
 
+    dataset: str = _field("digits")
+    batch_size: int = _field(20)
+    augment: str = _field("none", used_by=(RESIDUAL,))
+    random_targets: bool = _field(False, used_by=(RESIDUAL,))
+
+    def __post_init__(self):
+        self._int("batch_size", 1)
+        self._bool("random_targets")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig(_Section):
+    """How long to train and how often to evaluate, save and report.
+
+    Attributes:
+      epochs: passes over the training set.
+      seed: every random number of the run is a function of it.
       eval_every: evaluate on the test split every this many epochs (and always at the end).
       checkpoint_every: save an orbax checkpoint every this many epochs (0: never).
       log_every: host synchronisations per epoch for the progress bar (the jitted step scans
         over the batches between two of them).
+      credit_batch: test examples of the credit diagnostics (``ep_jax.credit``) recorded at every
+        evaluation of a residual model (0: none).
+    """
+
+    SECTION = "loop"
+
+    # The cosine schedule exception is in TrainConfig.fingerprint.
+    epochs: int = _field(30, resume=SAFE)
+    seed: int = _field(0)
+    eval_every: int = _field(1, resume=SAFE)
+    checkpoint_every: int = _field(1, resume=SAFE)
+    log_every: int = _field(8, resume=SAFE)
+    credit_batch: int = _field(128, used_by=(RESIDUAL,), resume=SAFE)
+
+    def __post_init__(self):
+        for name in ("epochs", "eval_every", "log_every"):
+            self._int(name, 1)
+        self._int("seed", 0)
+        self._int("checkpoint_every", 0)
+        self._int("credit_batch", 0)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "rule": RuleConfig, "optimizer": OptimizerConfig, "data": DataConfig,
+    "loop": LoopConfig,
+}
+
+# Flat field name -> its section; unique by construction (checked at import).
+FIELD_SECTION: dict[str, str] = {}
+for _section, _cls in SECTIONS.items():
+    for _f in dataclasses.fields(_cls):
+        assert _f.name not in FIELD_SECTION, f"config field {_f.name!r} is in two sections"
+        FIELD_SECTION[_f.name] = _section
+
+
+def field_type(name: str) -> Any:
+    """The annotated type of the flat field ``name`` (e.g. ``Optional[float]``)."""
+    return typing.get_type_hints(SECTIONS[FIELD_SECTION[name]])[name]
+
+
+def _section_fields(section: str):
+    return dataclasses.fields(SECTIONS[section])
+
+
+FINGERPRINT: tuple[str, ...] = tuple(
+    f"{s}.{f.name}" for s in SECTIONS for f in _section_fields(s)
+    if f.metadata["resume"] == FINGERPRINTED
+)
+"""``section.field`` paths a resumed run must share with its checkpoint."""
+
+RESUME_SAFE: tuple[str, ...] = ("preset", "description") + tuple(
+    f"{s}.{f.name}" for s in SECTIONS for f in _section_fields(s) if f.metadata["resume"] == SAFE
+)
+"""Paths that may change on resume (``loop.epochs`` only under a constant schedule)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: a preset's name and description plus five sections.
+
+    Attributes:
+      preset: the preset this config came from (informational).
+      description: one line saying what the preset reproduces.
+      model, rule, optimizer, data, loop: the sections (see each class).
     """
 
     preset: str = "custom"
     description: str = ""
-    dataset: str = "digits"
-    learner: str = "ep"
-    hidden: tuple[int, ...] = (100,)
-    epochs: int = 30
-    batch_size: int = 20
-    seed: int = 0
-
-    energy: str = "hopfield"
-    activation: str = "hard_sigmoid"
-    rule: str = "ep-random-sign"
-    beta: float = 0.5
-    cost: str = "squared_error"
-    step_size: float = 0.5
-    free_steps: int = 20
-    nudged_steps: int = 4
-    persistent: bool = True
-    state_init: str = "zeros"
-    eval_max_steps: int = 100
-    eval_tol: Optional[float] = 1e-4
-    alphas: tuple[float, ...] = (0.1, 0.05)
-    optimizer: str = "sgd"
-    schedule: str = "constant"
-    grad_clip: Optional[float] = None
-
-    model: str = "layered"
-    n_blocks: int = 4
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    inner_optimizer: str = "sgd"
-    embed_grad: str = "exact"
-    batch_scaling: str = "per-example"
-    augment: str = "none"
-    random_targets: bool = False
-    credit_batch: int = 128
-
-    bp_activation: str = "relu"
-    bp_optimizer: str = "adam"
-    bp_learning_rate: float = 1e-3
-    bp_weight_decay: float = 0.0
-    bp_schedule: str = "constant"
-    bp_loss: str = "cross_entropy"
-    bp_grad_clip: Optional[float] = None
-    bp_dropout: float = 0.0
-
-    eval_every: int = 1
-    checkpoint_every: int = 1
-    log_every: int = 8
+    model: ModelConfig = ModelConfig()
+    rule: RuleConfig = RuleConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    data: DataConfig = DataConfig()
+    loop: LoopConfig = LoopConfig()
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(n) for n in self.hidden))
-        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
-        if self.learner not in LEARNERS:
-            raise ValueError(f"learner: expected one of {LEARNERS}, received {self.learner!r}")
-        for name in ("epochs", "batch_size", "free_steps", "nudged_steps", "eval_max_steps",
-                     "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, received {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every: expected >= 0, received {self.checkpoint_every}")
-        if self.model not in MODELS:
-            raise ValueError(f"model: expected one of {MODELS}, received {self.model!r}")
-        if self.model == "residual":
-            if len(self.hidden) != 1:
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
                 raise ValueError(
-                    f"hidden: expected one width (d,) for a residual model, received {self.hidden}"
+                    f"{name}: expected a {cls.__name__}, received {getattr(self, name)!r}"
                 )
-            if self.n_blocks < 1:
-                raise ValueError(f"n_blocks: expected >= 1, received {self.n_blocks}")
-            if self.learner == "ep" and self.optimizer != "adamw":
+        kind = self.model.kind
+        if kind not in KINDS:
+            raise ValueError(f"model.kind: expected one of {KINDS}, received {kind!r}")
+        for path, f, value in self._fields():
+            if kind not in f.metadata["used_by"]:
+                if value != f.default:
+                    raise ValueError(
+                        f"{path}: not used by model.kind={kind!r}; expected its default "
+                        f"{f.default!r}, received {value!r}"
+                    )
+                continue
+            allowed = choices(f.name, kind)
+            if allowed is None or value in allowed:
+                continue
+            if f.name in ("cost", "optimizer") and kind == RESIDUAL:
                 raise ValueError(
-                    f"optimizer: a residual model trains with 'adamw', received {self.optimizer!r}"
+                    f"{path}: a residual model trains with {allowed[0]!r} "
+                    f"(model.kind='residual'), received {value!r}"
                 )
-        elif self.learner == "ep" and len(self.alphas) != len(self.hidden) + 1:
             raise ValueError(
-                f"alphas: expected {len(self.hidden) + 1} learning rates (one per connection of a "
-                f"net with hidden={self.hidden}), received {len(self.alphas)}"
+                f"{path}: expected one of {allowed} for model.kind={kind!r}, received {value!r}"
             )
-        if self.state_init not in ("zeros", "feedforward"):
+        hidden = self.model.hidden
+        if kind == RESIDUAL and len(hidden) != 1:
             raise ValueError(
-                f"state_init: expected 'zeros' or 'feedforward', received {self.state_init!r}"
+                f"model.hidden: expected one width (d,) for a residual model, received {hidden}"
+            )
+        if kind == LAYERED and len(self.optimizer.alphas) != len(hidden) + 1:
+            raise ValueError(
+                f"optimizer.alphas: expected {len(hidden) + 1} learning rates (one per connection "
+                f"of a net with model.hidden={hidden}), received {len(self.optimizer.alphas)}"
             )
 
+    def _fields(self):
+        """``(section.field, dataclasses.Field, value)`` of every section field, in order."""
+        for s in SECTIONS:
+            section = getattr(self, s)
+            for f in dataclasses.fields(section):
+                yield f"{s}.{f.name}", f, getattr(section, f.name)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """``{section.field: value}`` of every field that must not change on resume.
+
+        ``FINGERPRINT``, plus ``loop.epochs`` under a non-constant schedule (its decay spans all
+        the run's steps, so a longer run follows another schedule from the first step).
+        """
+        fp = {path: value for path, f, value in self._fields() if path in FINGERPRINT}
+        if self.optimizer.schedule != "constant":
+            fp["loop.epochs"] = self.loop.epochs
+        return fp
+
+    def with_overrides(self, **overrides) -> "TrainConfig":
+        """This config with flat fields replaced: ``cfg.with_overrides(beta=0.3, epochs=1)``.
+
+        ``None`` is a value (``grad_clip=None``: no clipping), not "unset".
+
+        Raises:
+          ValueError: an unknown field name, or an invalid resulting config.
+        """
+        top = {k: overrides.pop(k) for k in ("preset", "description") if k in overrides}
+        unknown = sorted(set(overrides) - set(FIELD_SECTION))
+        if unknown:
+            raise ValueError(
+                f"config: unknown fields {unknown}; expected names from {sorted(FIELD_SECTION)}"
+            )
+        per_section: dict[str, dict] = {}
+        for name, value in overrides.items():
+            per_section.setdefault(FIELD_SECTION[name], {})[name] = value
+        sections = {s: dataclasses.replace(getattr(self, s), **kw) for s, kw in per_section.items()}
+        return dataclasses.replace(self, **top, **sections)
+
+    def flat(self) -> dict[str, Any]:
+        """``{field: value}`` of every section field (the names ``with_overrides`` takes)."""
+        return {path.split(".")[1]: value for path, _, value in self._fields()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain data; fields the model kind does not use (at their defaults) are left out."""
+        kind = self.model.kind
+        d: dict[str, Any] = {"preset": self.preset, "description": self.description}
+        for path, f, value in self._fields():
+            if kind in f.metadata["used_by"]:
+                section, name = path.split(".")
+                d.setdefault(section, {})[name] = list(value) if isinstance(value, tuple) else value
+        return d
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        """The config of a nested dict (``cfg.to_dict()``, ``config.json``); missing fields default.
+
+        Raises:
+          ValueError: an unknown section or field (named ``section.field``), or an invalid value.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"config: expected a JSON object, received {type(d).__name__}")
+        unknown = sorted(set(d) - {"preset", "description", *SECTIONS})
+        for s, section_cls in SECTIONS.items():
+            part = d.get(s, {})
+            if not isinstance(part, dict):
+                raise ValueError(f"{s}: expected a JSON object, received {part!r}")
+            names = {f.name for f in dataclasses.fields(section_cls)}
+            unknown += sorted(f"{s}.{k}" for k in set(part) - names)
         if unknown:
             raise ValueError(f"config: unknown fields {unknown}")
-        return cls(**d)
+        sections = {s: section_cls(**d.get(s, {})) for s, section_cls in SECTIONS.items()}
+        top = {k: d[k] for k in ("preset", "description") if k in d}
+        return cls(**top, **sections)
 
 
-def _twin(cfg: TrainConfig, **bp) -> TrainConfig:
-    """The backprop twin of an EP preset: same data, sizes, batch size, epochs and seed."""
+def _twin(cfg: TrainConfig, optimizer: dict, **mlp) -> TrainConfig:
+    """The backprop twin of an EP preset: same data, sizes, batch size, epochs and seed.
+
+    A layered net's twin is an MLP with its layer sizes (``mlp``: its other model fields); a
+    residual model's twin is the same model, whose rule section keeps the residual-EP settings
+    its credit diagnostics use.
+    """
+    residual = cfg.model.kind == RESIDUAL
+    if residual:
+        rule = dataclasses.replace(cfg.rule, rule=BACKPROP)
+        model = dataclasses.replace(cfg.model, **mlp)
+    else:
+        rule = RuleConfig(rule=BACKPROP, cost="cross_entropy")
+        model = ModelConfig(kind=MLP, hidden=cfg.model.hidden, **mlp)
     return dataclasses.replace(
-        cfg, preset="bp-" + cfg.preset, learner="bp",
+        cfg, preset="bp-" + cfg.preset,
         description="backprop twin of " + cfg.preset + (
-            ": the same ResidualMLP trained by backprop" if cfg.model == "residual"
+            ": the same ResidualMLP trained by backprop" if residual
             else ": the same layer sizes as a feed-forward MLP"),
-        **bp,
+        model=model, rule=rule, optimizer=OptimizerConfig(**optimizer),
     )
 
 
 # The BP twins' hyper-parameters were selected on a validation split carved out of the training
 # set (benchmarks/tune_bp_mnist10k.py; results in benchmarks/results/bp_mnist10k_tuning.md).
-_BP_MNIST = dict(bp_activation="relu", bp_optimizer="adam", bp_learning_rate=3e-3,
-                 bp_weight_decay=0.0, bp_schedule="cosine", bp_loss="cross_entropy", bp_dropout=0.2)
+_BP_MNIST_MODEL = dict(activation="relu", dropout=0.2)
+_BP_MNIST_OPT = dict(optimizer="adam", learning_rate=3e-3, weight_decay=0.0, schedule="cosine")
 
 _DIGITS = TrainConfig(
     preset="digits",
     description="scikit-learn's 8x8 digits (1437 train / 360 test), 64-100-10 Hopfield net, "
     "EP with random-sign beta and persistent particles",
-    dataset="digits", hidden=(100,), epochs=30, batch_size=20,
-    beta=0.5, free_steps=20, nudged_steps=4, alphas=(0.2, 0.1),
+    model=ModelConfig(hidden=(100,)),
+    rule=RuleConfig(beta=0.5, free_steps=20, nudged_steps=4),
+    optimizer=OptimizerConfig(alphas=(0.2, 0.1)),
+    data=DataConfig(dataset="digits", batch_size=20),
+    loop=LoopConfig(epochs=30),
 )
 
 _XOR = TrainConfig(
     preset="xor",
     description="seed 000's XOR task (4 patterns, batch 4) on a 2-8-2 Hopfield net, symmetric EP",
-    dataset="xor", hidden=(8,), epochs=300, batch_size=4, rule="ep-symmetric",
-    beta=0.5, free_steps=40, nudged_steps=10, alphas=(0.5, 0.25), log_every=1,
-    eval_every=50, checkpoint_every=100,
+    model=ModelConfig(hidden=(8,)),
+    rule=RuleConfig(rule="ep-symmetric", beta=0.5, free_steps=40, nudged_steps=10),
+    optimizer=OptimizerConfig(alphas=(0.5, 0.25)),
+    data=DataConfig(dataset="xor", batch_size=4),
+    loop=LoopConfig(epochs=300, log_every=1, eval_every=50, checkpoint_every=100),
 )
 
 # Scellier & Bengio's rates (0.1, 0.05) were set for 50,000 images x 25 epochs; MNIST-10k gives
@@ -207,25 +522,31 @@ _MNIST10K = TrainConfig(
     description="Scellier & Bengio 2017, 1 hidden layer (784-500-10) on MNIST-10k "
     "(first 8000 of the official test set for training, last 2000 for testing); the paper's "
     "learning rates doubled (selected on validation) for the 6.25x smaller training set",
-    dataset="mnist10k", hidden=(500,), epochs=25, batch_size=20,
-    rule="ep-random-sign", beta=0.5, step_size=0.5, free_steps=20, nudged_steps=4,
-    alphas=(0.2, 0.1), eval_max_steps=50, log_every=4,
+    model=ModelConfig(hidden=(500,)),
+    rule=RuleConfig(rule="ep-random-sign", beta=0.5, step_size=0.5, free_steps=20,
+                    nudged_steps=4, eval_max_steps=50),
+    optimizer=OptimizerConfig(alphas=(0.2, 0.1)),
+    data=DataConfig(dataset="mnist10k", batch_size=20),
+    loop=LoopConfig(epochs=25, log_every=4),
 )
 
 # Scellier & Bengio 2017 (their train_model.py): on the official 60k/10k split via tfds.
 _S1 = TrainConfig(
     preset="scellier2017-mnist-1h",
     description="Scellier & Bengio 2017, 784-500-10 on full MNIST (tensorflow-datasets)",
-    dataset="mnist", hidden=(500,), epochs=25, batch_size=20, rule="ep-random-sign",
-    beta=0.5, step_size=0.5, free_steps=20, nudged_steps=4, alphas=(0.1, 0.05), log_every=20,
+    model=ModelConfig(hidden=(500,)),
+    rule=RuleConfig(rule="ep-random-sign", beta=0.5, step_size=0.5, free_steps=20, nudged_steps=4),
+    optimizer=OptimizerConfig(alphas=(0.1, 0.05)),
+    data=DataConfig(dataset="mnist", batch_size=20),
+    loop=LoopConfig(epochs=25, log_every=20),
 )
-_S2 = dataclasses.replace(
-    _S1, preset="scellier2017-mnist-2h",
+_S2 = _S1.with_overrides(
+    preset="scellier2017-mnist-2h",
     description="Scellier & Bengio 2017, 784-500-500-10 on full MNIST (tensorflow-datasets)",
     hidden=(500, 500), epochs=60, beta=1.0, free_steps=150, nudged_steps=6, alphas=(0.4, 0.1, 0.01),
 )
-_S3 = dataclasses.replace(
-    _S1, preset="scellier2017-mnist-3h",
+_S3 = _S1.with_overrides(
+    preset="scellier2017-mnist-3h",
     description="Scellier & Bengio 2017, 784-500-500-500-10 on full MNIST (tensorflow-datasets)",
     hidden=(500, 500, 500), epochs=500, beta=1.0, free_steps=500, nudged_steps=8,
     alphas=(0.128, 0.032, 0.008, 0.002),
@@ -235,18 +556,19 @@ _S3 = dataclasses.replace(
 # 1e-3, weight decay 0.01, cosine, clipping at 1.0) is shared by the EP run and its BP twin.
 _RESIDUAL_OPT = dict(optimizer="adamw", learning_rate=1e-3, weight_decay=0.01, schedule="cosine",
                      grad_clip=1.0)
-_BP_RESIDUAL = dict(bp_optimizer="adamw", bp_learning_rate=1e-3, bp_weight_decay=0.01,
-                    bp_schedule="cosine", bp_grad_clip=1.0, bp_loss="cross_entropy", bp_dropout=0.0)
 _RESIDUAL_CIFAR10 = TrainConfig(
     preset="residual-cifar10",
     description="seed 004: residual EP on CIFAR-10, ResidualMLP(3072, d=256, 4 blocks), 100 "
     "epochs, batch 128, random crop + flip, beta 0.5, nudged phase 20 SGD steps of 0.1",
-    dataset="cifar10", model="residual", hidden=(256,), n_blocks=4, epochs=100, batch_size=128,
-    beta=0.5, nudged_steps=20, step_size=0.1, augment="crop_flip", log_every=10, eval_every=5,
-    checkpoint_every=5, **_RESIDUAL_OPT,
+    model=ModelConfig(kind=RESIDUAL, hidden=(256,), n_blocks=4),
+    rule=RuleConfig(rule=RESIDUAL_EP, cost="cross_entropy", beta=0.5, nudged_steps=20,
+                    step_size=0.1),
+    optimizer=OptimizerConfig(**_RESIDUAL_OPT),
+    data=DataConfig(dataset="cifar10", batch_size=128, augment="crop_flip"),
+    loop=LoopConfig(epochs=100, log_every=10, eval_every=5, checkpoint_every=5),
 )
-_RESIDUAL_MNIST10K = dataclasses.replace(
-    _RESIDUAL_CIFAR10, preset="residual-mnist10k",
+_RESIDUAL_MNIST10K = _RESIDUAL_CIFAR10.with_overrides(
+    preset="residual-mnist10k",
     description="seed 004's residual EP on MNIST-10k (flattened 784 pixels), d=256, 4 blocks, "
     "batch 128, no augmentation",
     dataset="mnist10k", epochs=30, augment="none", log_every=4, eval_every=1, checkpoint_every=5,
@@ -255,10 +577,10 @@ _RESIDUAL_MNIST10K = dataclasses.replace(
 PRESETS: dict[str, TrainConfig] = {}
 for _cfg in (_DIGITS, _XOR, _MNIST10K, _S1, _S2, _S3):
     PRESETS[_cfg.preset] = _cfg
-    PRESETS["bp-" + _cfg.preset] = _twin(_cfg, **_BP_MNIST)
+    PRESETS["bp-" + _cfg.preset] = _twin(_cfg, _BP_MNIST_OPT, **_BP_MNIST_MODEL)
 for _cfg in (_RESIDUAL_MNIST10K, _RESIDUAL_CIFAR10):
     PRESETS[_cfg.preset] = _cfg
-    PRESETS["bp-" + _cfg.preset] = _twin(_cfg, **_BP_RESIDUAL)
+    PRESETS["bp-" + _cfg.preset] = _twin(_cfg, _RESIDUAL_OPT)
 DEFAULT_PRESET = "digits"
 
 

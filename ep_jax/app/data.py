@@ -12,7 +12,7 @@ Where each dataset comes from:
 * ``digits``: scikit-learn's bundled 8x8 digits (shipped inside the wheel), with a fixed
   split that does not depend on any run seed (see :data:`DIGITS_NUM_TEST`).
 * ``mnist10k``: the official MNIST *test set* (10,000 real images, the only MNIST files
-  available offline, in ``../shared/data/mnist``): the first 8,000 in file order train,
+  available offline, in ``<data dir>/mnist``): the first 8,000 in file order train,
   the last 2,000 test. Not comparable with full-MNIST numbers from papers.
 * ``mnist``, ``fashion_mnist``, ``cifar10``: first the raw files exactly as
   tensorflow-datasets downloads them (idx ``.gz`` files; ``cifar-10-binary.tar.gz`` or its
@@ -20,9 +20,11 @@ Where each dataset comes from:
   under the data directory (``<dir>/<name>/<version>/``), read without TensorFlow and with
   downloads off; else ``FileNotFoundError``.
 
-The data directory is ``data_dir`` when given, else ``$EP_JAX_DATA_DIR``, else the
-repository's sibling ``../shared/data``. With no ``data_dir``, tensorflow-datasets' own
-default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) is searched for prepared copies too.
+The data directory is ``data_dir`` when given, else ``$EP_JAX_DATA_DIR``, else, when running
+from a source checkout (``pyproject.toml`` next to the package), its sibling ``../shared/data``
+if that exists; an installed package has no default. With no ``data_dir``,
+tensorflow-datasets' own default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) is searched
+for prepared copies too.
 
 Nothing here shuffles per epoch: the training loop shuffles on device from the run's seed,
 so the order returned here is fixed (file order for raw files, tensorflow-datasets' stored
@@ -113,12 +115,37 @@ def xor() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def default_data_dir() -> Path:
-    """``$EP_JAX_DATA_DIR`` if set and non-empty, else the repository's sibling ``../shared/data``."""
+# A source checkout: the repository root holds pyproject.toml next to the ep_jax package.
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_SOURCE_TREE_DATA = _REPO_ROOT.parent / "shared" / "data"
+
+
+def _in_source_tree() -> bool:
+    return (_REPO_ROOT / "pyproject.toml").is_file()
+
+
+def _source_tree_data_dir() -> Path | None:
+    return _SOURCE_TREE_DATA if _in_source_tree() and _SOURCE_TREE_DATA.is_dir() else None
+
+
+def default_data_dir() -> Path | None:
+    """``$EP_JAX_DATA_DIR`` if set and non-empty, else a source checkout's ``../shared/data`` if
+    it exists, else ``None`` (an installed package never looks outside itself)."""
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return _source_tree_data_dir()
+
+
+def _no_data_dir(name: str, files: str) -> FileNotFoundError:
+    """The error for a dataset that needs files when no data directory is known."""
+    default = (f"the source checkout's {_SOURCE_TREE_DATA} does not exist" if _in_source_tree()
+               else "an installed package has no default directory")
+    return FileNotFoundError(
+        f"dataset {name!r}: no data directory: no data_dir / --data-dir given, ${DATA_DIR_ENV} "
+        f"is unset and {default}. Put {files} in a directory and pass it as --data-dir "
+        f"(data_dir=) or set ${DATA_DIR_ENV}. Nothing is downloaded."
+    )
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
@@ -127,8 +154,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
     Args:
         name: One of :data:`DATASETS`.
         data_dir: Directory holding the files (see the module docstring for the layout).
-            Defaults to ``$EP_JAX_DATA_DIR`` or ``../shared/data`` next to the repository.
-            Ignored by ``xor`` and ``digits``.
+            Defaults to :func:`default_data_dir`. Ignored by ``xor`` and ``digits``.
 
     Returns:
         The :class:`Dataset`, float32 inputs in ``[0, 1]`` and int32 labels.
@@ -147,9 +173,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
         return _load_digits()
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if name == "mnist10k":
+        if root is None:
+            raise _no_data_dir(name, " and ".join(MNIST_TEST_FILES) + f" (from {_SOURCES['mnist']})")
         return _load_mnist10k(root)
     # Prepared tensorflow-datasets copies may also sit in tfds' own default directory.
-    tfds_roots = [root]
+    tfds_roots = [root] if root is not None else []
     if data_dir is None:
         tfds_default = os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
         tfds_roots.append(Path(tfds_default).expanduser())
@@ -242,7 +270,7 @@ def read_cifar10(
 
 
 def _load_digits() -> Dataset:
-    from sklearn.datasets import load_digits  # local: keeps `import ep_jax.data` light
+    from sklearn.datasets import load_digits  # local: keeps `import ep_jax.app.data` light
 
     bunch = load_digits()
     x = np.asarray(bunch.data, np.float32) / np.float32(16.0)  # 0..16 -> [0, 1], exact
@@ -276,9 +304,9 @@ def _load_mnist10k(root: Path) -> Dataset:
     return Dataset(*_c(x[:n], y[:n], x[n:], y[n:]), "mnist10k", (28, 28), 10)
 
 
-def _load_mnist_like(name: str, root: Path, tfds_roots: list[Path]) -> Dataset:
+def _load_mnist_like(name: str, root: Path | None, tfds_roots: list[Path]) -> Dataset:
     files = MNIST_TRAIN_FILES + MNIST_TEST_FILES
-    dirs = [root / name, root]
+    dirs = [root / name, root] if root is not None else []
     found = _find_files(dirs, files)
     if found is not None:
         x_tr, y_tr = _read_mnist_pair(*found[:2])
@@ -315,8 +343,8 @@ def _read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, 
 # --- CIFAR-10 --------------------------------------------------------------------------------
 
 
-def _load_cifar10(root: Path, tfds_roots: list[Path]) -> Dataset:
-    dirs = [root / "cifar10", root]
+def _load_cifar10(root: Path | None, tfds_roots: list[Path]) -> Dataset:
+    dirs = [root / "cifar10", root] if root is not None else []
     source = None
     for d in dirs:
         extracted, archive = d / CIFAR10_DIR, d / CIFAR10_ARCHIVE
@@ -519,12 +547,15 @@ def _not_found(
         have = [f for f in files if (d / f).is_file() or (d / f.removesuffix(".gz")).is_file()]
         if have:
             partial.append(f" {d} has {', '.join(have)} but not {', '.join(f for f in files if f not in have)}.")
+    what = f"{', '.join(files)} (as tensorflow-datasets downloads them, from {_SOURCES[name]})"
+    prepared = (f"a tensorflow-datasets prepared copy ({name}/<version>/dataset_info.json) in: "
+                f"{_fmt_dirs(tfds_roots)}.")
+    if not dirs:
+        return FileNotFoundError(f"{_no_data_dir(name, what)} Searched for {prepared}")
     return FileNotFoundError(
-        f"dataset {name!r}: no copy found (nothing is downloaded). Put {', '.join(files)} (as "
-        f"tensorflow-datasets downloads them, from {_SOURCES[name]}) in {dirs[0]} or {dirs[1]}, or pass "
-        f"data_dir= / set ${DATA_DIR_ENV}. Searched for those raw files in: {_fmt_dirs(dirs)}; for a "
-        f"tensorflow-datasets prepared copy ({name}/<version>/dataset_info.json) in: "
-        f"{_fmt_dirs(tfds_roots)}.{''.join(partial)}"
+        f"dataset {name!r}: no copy found (nothing is downloaded). Put {what} in {dirs[0]} or "
+        f"{dirs[1]}, or pass data_dir= / set ${DATA_DIR_ENV}. Searched for those raw files in: "
+        f"{_fmt_dirs(dirs)}; for {prepared}{''.join(partial)}"
     )
 
 

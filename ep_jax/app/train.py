@@ -17,7 +17,6 @@ skipped by ``lax.cond``) so the step compiles once.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -29,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ep_jax import checkpoint
-from ep_jax.config import TrainConfig
-from ep_jax.costs import get_cost
-from ep_jax.data import Dataset, load_dataset
+from ep_jax.app import checkpoint
+from ep_jax.app.build import build_learner
+from ep_jax.app.config import LAYERED, RESIDUAL, TrainConfig
+from ep_jax.app.data import Dataset, load_dataset
 
 # Networks with at most this many units get a network-graph plot.
 MAX_GRAPH_UNITS = 64
@@ -47,75 +46,12 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
-# Per-channel standardisation of the residual models' inputs (seed 004's CIFAR-10 constants;
-# the usual MNIST ones).
-INPUT_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "mnist10k": ((0.1307,), (0.3081,)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-}
-
-
-def build_residual_learner(cfg: TrainConfig, n_in, n_out, total_steps, image_shape=None):
-    from ep_jax.residual import ResidualEP
-    from ep_jax.residual_learner import ResidualLearner
-
-    ep = ResidualEP(
-        beta=cfg.beta, steps=cfg.nudged_steps, learning_rate=cfg.step_size,
-        optimizer=cfg.inner_optimizer, embed_grad=cfg.embed_grad, batch_scaling=cfg.batch_scaling,
-    )
-    bp = cfg.learner == "bp"
-    mean, std = INPUT_STATS.get(cfg.dataset, (None, None))
-    return ResidualLearner(
-        in_dim=n_in, d_hidden=cfg.hidden[0], n_classes=n_out, n_blocks=cfg.n_blocks,
-        method=cfg.learner, ep=ep,
-        learning_rate=cfg.bp_learning_rate if bp else cfg.learning_rate,
-        weight_decay=cfg.bp_weight_decay if bp else cfg.weight_decay,
-        schedule=cfg.bp_schedule if bp else cfg.schedule, total_steps=total_steps,
-        grad_clip=cfg.bp_grad_clip if bp else cfg.grad_clip, augment=cfg.augment,
-        image_shape=tuple(image_shape) if image_shape is not None else None,
-        input_mean=mean, input_std=std, random_targets=cfg.random_targets,
-        credit_batch=cfg.credit_batch,
-    )
-
-
-def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int, image_shape=None):
-    """The EP or BP learner of ``cfg`` for inputs of size ``n_in`` and ``n_out`` classes."""
-    sizes = (n_in, *cfg.hidden, n_out)
-    if cfg.model == "residual":
-        return build_residual_learner(cfg, n_in, n_out, total_steps, image_shape)
-    if cfg.learner == "bp":
-        from ep_jax.backprop import BackpropLearner
-
-        return BackpropLearner(
-            sizes=sizes, activation=cfg.bp_activation, optimizer=cfg.bp_optimizer,
-            learning_rate=cfg.bp_learning_rate, weight_decay=cfg.bp_weight_decay,
-            schedule=cfg.bp_schedule, total_steps=total_steps, grad_clip=cfg.bp_grad_clip,
-            loss=cfg.bp_loss, dropout=cfg.bp_dropout,
-        )
-    from ep_jax.energies import make_energy
-    from ep_jax.learner import EPLearner
-    from ep_jax.optim import make_optimizer
-    from ep_jax.rules import Phases
-    from ep_jax.solvers import GradientDescent
-
-    energy = make_energy(cfg.energy, sizes, activation=cfg.activation)
-    project = "clip01" if cfg.activation == "hard_sigmoid" else None
-
-    def solver(steps, tol=None):
-        return GradientDescent(cfg.step_size, steps, tol=tol, project=project)
-
-    phases = Phases(cfg.beta, solver(cfg.free_steps), solver(cfg.nudged_steps), get_cost(cfg.cost))
-    tx = make_optimizer(
-        cfg.optimizer, cfg.alphas, schedule=cfg.schedule, total_steps=total_steps,
-        grad_clip=cfg.grad_clip,
-    )
-    return EPLearner(
-        energy=energy, rule=cfg.rule, phases=phases, tx=tx,
-        eval_solver=solver(cfg.eval_max_steps, cfg.eval_tol), persistent=cfg.persistent,
-        state_init=cfg.state_init,
-    )
+def layer_sizes(cfg: TrainConfig, n_in: int, n_out: int) -> list[int]:
+    """Every layer's width; a residual model's embedding and block outputs are all d wide."""
+    hidden = list(cfg.model.hidden)
+    if cfg.model.kind == RESIDUAL:
+        hidden *= cfg.model.n_blocks + 1
+    return [n_in, *hidden, n_out]
 
 
 def chunk_layout(n_batches: int, log_every: int) -> tuple[int, int]:
@@ -181,28 +117,30 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, data: Optional[Dataset] = None, data_dir=None):
         self.cfg = cfg
-        self.data = data if data is not None else load_dataset(cfg.dataset, data_dir)
+        self.data = data if data is not None else load_dataset(cfg.data.dataset, data_dir)
         d = self.data
         self.n_train = d.x_train.shape[0]
-        if self.n_train < cfg.batch_size:
+        batch_size = cfg.data.batch_size
+        if self.n_train < batch_size:
             raise ValueError(
-                f"batch_size: expected <= the {self.n_train} training examples of "
-                f"{cfg.dataset!r}, received {cfg.batch_size}"
+                f"data.batch_size: expected <= the {self.n_train} training examples of "
+                f"{cfg.data.dataset!r}, received {batch_size}"
             )
         self.X, self.Y = jnp.asarray(d.x_train), jnp.asarray(d.y_train, jnp.int32)
         self.Xt, self.Yt = jnp.asarray(d.x_test), jnp.asarray(d.y_test, jnp.int32)
-        n_batches = self.n_train // cfg.batch_size
+        n_batches = self.n_train // batch_size
+        self.sizes = layer_sizes(cfg, d.x_train.shape[1], d.num_classes)
         self.learner = build_learner(cfg, d.x_train.shape[1], d.num_classes,
-                                     cfg.epochs * n_batches, d.image_shape)
+                                     cfg.loop.epochs * n_batches, d.image_shape)
         (self.batches, self.run_chunk, self.n_batches, self.chunk_len,
          self.n_chunks) = make_epoch_fns(
-            self.learner, self.n_train, cfg.batch_size, cfg.log_every
+            self.learner, self.n_train, batch_size, cfg.loop.log_every
         )
         self.evaluate = jax.jit(self.learner.evaluate)
-        root = jax.random.PRNGKey(cfg.seed)
+        root = jax.random.PRNGKey(cfg.loop.seed)
         self.init_key, self.step_key, self.data_key = jax.random.split(root, 3)
         self.diagnostics = None
-        if hasattr(self.learner, "diagnostics"):
+        if getattr(self.learner, "diagnostics_fn", None) is not None:
             self.diagnostics = jax.jit(self.learner.diagnostics)
 
     def init_state(self) -> TrainState:
@@ -234,15 +172,15 @@ class Run:
 
     def credit(self, ts: TrainState, *, n: Optional[int] = None,
                random_targets: bool = False) -> Optional[dict]:
-        """Credit diagnostics on the first ``n`` (default ``credit_batch``) test examples.
+        """Credit diagnostics on the first ``n`` (default ``loop.credit_batch``) test examples.
 
-        ``None`` for learners without diagnostics (layered models) or ``credit_batch = 0``.
+        ``None`` for learners without diagnostics (not residual) or ``credit_batch = 0``.
 
         The perturbation key is fixed (a function of the seed), so the numbers of two epochs
         differ only through the parameters. ``random_targets`` scores the credit against uniform
         random labels instead of the true ones.
         """
-        n = self.cfg.credit_batch if n is None else n
+        n = self.cfg.loop.credit_batch if n is None else n
         if self.diagnostics is None or n < 1:
             return None
         n = min(n, int(self.Xt.shape[0]))
@@ -269,10 +207,10 @@ def train(
     Args:
       cfg: the run's configuration (a preset with overrides).
       out_dir: the run directory; ``None`` writes nothing (no checkpoints, metrics or plots).
-      data_dir: where offline dataset files are (see ``ep_jax.data.load_dataset``).
+      data_dir: where offline dataset files are (see ``ep_jax.app.data.load_dataset``).
       resume: continue from the latest checkpoint in ``out_dir``.
       quiet: no progress bar and no per-epoch lines.
-      data: a ``Dataset`` to use instead of loading ``cfg.dataset``.
+      data: a ``Dataset`` to use instead of loading ``cfg.data.dataset``.
       plots: write the PNG plots at the end.
 
     Returns:
@@ -283,7 +221,6 @@ def train(
     out = Path(out_dir) if out_dir is not None else None
     run = Run(cfg, data=data, data_dir=data_dir)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    config = json.loads(cfg.to_json())
     ts = run.init_state()
     rows: list[dict] = []
     if out is not None:
@@ -292,7 +229,7 @@ def train(
             epoch = checkpoint.latest_epoch(out)
             if epoch is None:
                 raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'}")
-            checkpoint.check_config(out, config)
+            checkpoint.check_config(out, cfg)
             ts = checkpoint.restore(out, epoch, ts)
             rows = _read_metrics(out / "metrics.jsonl", epoch)
             log(f"resumed from {out / 'checkpoints' / str(epoch)} (epoch {epoch}, step {int(ts.step)})")
@@ -305,17 +242,18 @@ def train(
         (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     start_epoch = int(ts.epoch)
+    epochs, batch_size = cfg.loop.epochs, cfg.data.batch_size
     bar = None
     if not quiet:
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=(cfg.epochs - start_epoch) * run.n_batches, unit="batch", file=sys.stderr,
+            total=(epochs - start_epoch) * run.n_batches, unit="batch", file=sys.stderr,
             desc=cfg.preset, dynamic_ncols=True,
         )
     samples, run_wall = 0, 0.0
     train_wall = sum(r["epoch_wall_s"] for r in rows)
-    for _ in range(start_epoch, cfg.epochs):
+    for _ in range(start_epoch, epochs):
         t0 = time.perf_counter()
         done = [0]
 
@@ -331,7 +269,7 @@ def train(
         epoch = int(ts.epoch)
         row = {"epoch": epoch, "step": int(ts.step)}
         row.update({f"train_{k}": v for k, v in train_m.items()})
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        if epoch % cfg.loop.eval_every == 0 or epoch == epochs:
             row.update({f"test_{k}": v for k, v in run.test_metrics(ts).items()})
             credit = run.credit(ts)
             if credit is not None:
@@ -339,12 +277,13 @@ def train(
         wall = time.perf_counter() - t0
         train_wall += wall
         run_wall += wall
-        samples += run.n_batches * cfg.batch_size
-        row.update(epoch_wall_s=wall, samples_per_s=run.n_batches * cfg.batch_size / wall)
+        samples += run.n_batches * batch_size
+        row.update(epoch_wall_s=wall, samples_per_s=run.n_batches * batch_size / wall)
         rows.append(row)
         if out is not None:
             # Checkpoint first: a metrics row implies its epoch's checkpoint exists.
-            if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            every = cfg.loop.checkpoint_every
+            if every and (epoch % every == 0 or epoch == epochs):
                 checkpoint.save(out, epoch, ts)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -364,10 +303,10 @@ def train(
     best = min(tested, key=lambda r: r["test_error"])
     summary = {
         "preset": cfg.preset,
-        "learner": cfg.learner,
-        "rule": cfg.rule if cfg.learner == "ep" else "backprop",
-        "dataset": cfg.dataset,
-        "sizes": [run.data.x_train.shape[1], *cfg.hidden, run.data.num_classes],
+        "model": cfg.model.kind,
+        "rule": cfg.rule.rule,
+        "dataset": cfg.data.dataset,
+        "sizes": run.sizes,
         "n_train": run.n_train,
         "n_test": int(run.Xt.shape[0]),
         "epochs": int(ts.epoch),
@@ -383,10 +322,7 @@ def train(
         "jax": jax.__version__,
         "resumed_from_epoch": start_epoch if resume else None,
     }
-    if cfg.model == "residual":
-        summary["rule"] = "residual-ep" if cfg.learner == "ep" else "backprop"
-        summary["sizes"] = [run.data.x_train.shape[1], *([cfg.hidden[0]] * (cfg.n_blocks + 1)),
-                            run.data.num_classes]
+    if run.diagnostics is not None:
         summary["credit"] = next((r["credit"] for r in reversed(rows) if "credit" in r), None)
     if out is not None:
         if plots:
@@ -398,22 +334,22 @@ def train(
 
 def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[Path]:
     """curves.png (energy, cost, error), weights.png (first-layer tiles), network.png (small nets)."""
-    from ep_jax import plots
+    from ep_jax.app import plots
 
     params = jax.device_get(run.learner.params(ts.learner))
+    kind = run.cfg.model.kind
     paths = [plots.plot_curves(rows, out / "curves.png", title=run.cfg.preset)]
     shape = run.data.image_shape
     if any("credit" in r for r in rows):
         paths.append(plots.plot_credit({run.cfg.preset: rows}, out / "credit.png"))
     if shape is not None:
-        first = "embed" if run.cfg.model == "residual" else "layer_0"
+        first = "embed" if kind == RESIDUAL else "layer_0"
         kernel = np.asarray(params[first]["kernel"])
         paths.append(plots.plot_weight_tiles(kernel, shape, out / "weights.png",
                                              title=f"{run.cfg.preset}: first-layer weights"))
-    small = sum((run.data.x_train.shape[1], *run.cfg.hidden, run.data.num_classes)) <= MAX_GRAPH_UNITS
-    if small and run.cfg.model == "layered":
+    if kind != RESIDUAL and sum(run.sizes) <= MAX_GRAPH_UNITS:
         acts = None
-        if run.cfg.learner == "ep":
+        if kind == LAYERED:  # the state an EP net settles to; an MLP's graph shows weights only
             x0 = run.Xt[:1]
             s0 = run.learner.energy.init_state(params, x0, run.learner.state_init)
             from ep_jax.solvers import relax
@@ -454,19 +390,15 @@ def credit_checkpoint(run_dir, *, data_dir=None, epoch: Optional[int] = None,
                       batch: Optional[int] = None, random_targets: bool = False) -> dict:
     """``ep-jax credit``: the credit diagnostics (``ep_jax.credit``) of a residual-model checkpoint."""
     run, ts, path = _restore_run(run_dir, data_dir, epoch)
-    if run.cfg.model != "residual":
+    if run.diagnostics is None:
         raise ValueError(
-            f"--checkpoint: credit diagnostics need a residual model (model='residual'), "
-            f"received a run with model={run.cfg.model!r}"
+            f"--checkpoint: credit diagnostics need a residual model (model.kind='residual'), "
+            f"received a run with model.kind={run.cfg.model.kind!r}"
         )
     if batch is not None and batch < 1:
         raise ValueError(f"--batch: expected >= 1, received {batch}")
-    n = min(batch or run.cfg.credit_batch or 128, int(run.Xt.shape[0]))
+    n = min(batch or run.cfg.loop.credit_batch or 128, int(run.Xt.shape[0]))
     credit = run.credit(ts, n=n, random_targets=random_targets)
     return {"checkpoint": path, "epoch": int(ts.epoch), "batch": n,
             "random_targets": random_targets, **credit}
 
-
-def replace(cfg: TrainConfig, **overrides) -> TrainConfig:
-    """``dataclasses.replace`` that ignores ``None`` values (unset command-line options)."""
-    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

@@ -432,7 +432,7 @@ def check_references(sizes=(12, 9, 7, 4), batch=5, t_free=6, t_nudged=3, seed=0)
     xt, yt = ref.inputs(x, y)
     free_t = ref.net.free_phase(xt, t_free, bench.EPSILON)[1:]
     nudged_t = ref.net.weakly_clamped_phase(xt, yt, t_nudged, bench.EPSILON, bench.BETA)[1:]
-    out["seed001/gd/free_state"] = max(rel(a.detach().numpy(), b) for a, b in zip(free_t, s_free))
+    out["seed001/gd/free_state"] = max(rel(a.detach().cpu().numpy(), b) for a, b in zip(free_t, s_free))
     out["seed001/gd/nudged_from_zeros_state"] = max(
-        rel(a.detach().numpy(), b) for a, b in zip(nudged_t, s_nz))
+        rel(a.detach().cpu().numpy(), b) for a, b in zip(nudged_t, s_nz))
     return out
