@@ -18,6 +18,8 @@ steps (a ``fori_loop``) and reports the last update norm ``max_b ||s_{t+1} - s_t
 never silent: a non-finite state sets ``nonfinite``; an update norm that grew on each of the
 last ``GROWTH_STEPS`` steps sets ``unbounded`` (F has no minimum the solver can reach, e.g. the
 -beta phase of symmetric EP with beta > 1/2 on the state-quadratic energy and squared error).
+Solvers that keep the states in a bounded set (``bounds_states``: a [0, 1] projection,
+hard-sigmoid sweeps) cannot run away and skip that check, so their loop is the plain one.
 ``check_stats`` turns the flags into a Python exception on the host.
 """
 
@@ -125,6 +127,10 @@ class Solver(abc.ABC):
         are exactly the identity, so later steps may run ``in_box``."""
         return False
 
+    def bounds_states(self, energy: Energy) -> bool:
+        """True when every step lands in a bounded set (no runaway to detect)."""
+        return self.keeps_in_box(energy)
+
     def init(self, problem: Problem, state: State) -> Any:
         return ()
 
@@ -152,6 +158,7 @@ class Solver(abc.ABC):
             lambda c: step(c, box), (state0, self.init(problem, state0)), self.max_steps,
             self.tol, first_step=(lambda c: step(c, False)) if box else None,
             state_of=lambda c: c[0], terminate=self.terminate,
+            detect_growth=not self.bounds_states(problem.energy),
         )
         return (state, *rest)
 
@@ -177,13 +184,14 @@ def _grew(new, old):
 
 
 def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_step=None,
-            state_of=lambda carry: carry, terminate=None):
+            state_of=lambda carry: carry, terminate=None, detect_growth: bool = True):
     """The loop of every relaxation: ``carry <- step(carry)`` without host synchronisation.
 
-    ``tol=None``: exactly ``max_steps`` steps (a ``fori_loop``; the last ``GROWTH_STEPS`` steps
-    run after it so their update norms can be compared). Otherwise a ``while_loop`` until
-    ``terminate(residual)`` (default ``residual <= tol``), a non-finite norm, or ``max_steps``.
-    ``first_step`` (if given) replaces ``step`` for step 1, which then runs outside the loop.
+    ``tol=None``: exactly ``max_steps`` steps (a ``fori_loop``; with ``detect_growth`` the last
+    ``GROWTH_STEPS`` steps run after it so their update norms can be compared, else only the
+    last). Otherwise a ``while_loop`` until ``terminate(residual)`` (default ``residual <=
+    tol``), a non-finite norm, or ``max_steps``. ``first_step`` (if given) replaces ``step`` for
+    step 1, which then runs outside the loop.
 
     Returns ``(carry, steps, residual, nonfinite, converged, unbounded)``.
     """
@@ -197,14 +205,14 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
             norms = [update_norm(state_of(carry), state_of(carry0))]
         else:
             norms = []
-        tail = min(n_loop, GROWTH_STEPS)
+        tail = min(n_loop, GROWTH_STEPS if detect_growth else 1)
         carry = jax.lax.fori_loop(0, n_loop - tail, lambda _, c: step(c), carry)
         for _ in range(tail):
             new = step(carry)
             norms.append(update_norm(state_of(new), state_of(carry)))
             carry = new
         nonfinite = ~all_finite(state_of(carry))
-        unbounded = jnp.asarray(len(norms) >= GROWTH_STEPS)
+        unbounded = jnp.asarray(detect_growth and len(norms) >= GROWTH_STEPS)
         for a, b in zip(norms[-GROWTH_STEPS:], norms[-GROWTH_STEPS + 1:]):
             unbounded = unbounded & _grew(b, a)
         return (carry, jnp.asarray(max_steps, jnp.int32), norms[-1], nonfinite,
@@ -233,7 +241,7 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
     carry, steps, residual, nonfinite, growth = jax.lax.while_loop(cond, body, init)
     nonfinite = nonfinite | ~all_finite(state_of(carry))
     converged = terminate(residual) & ~nonfinite
-    unbounded = (growth >= GROWTH_STEPS - 1) & ~converged & ~nonfinite
+    unbounded = (growth >= GROWTH_STEPS - 1) & ~converged & ~nonfinite & detect_growth
     return carry, steps, residual, nonfinite, converged, unbounded
 
 

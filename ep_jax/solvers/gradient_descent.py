@@ -39,6 +39,10 @@ class GradientDescent(Solver):
         """After one projected step every state lies in [0, 1], where rho is exactly the identity."""
         return self.project == "clip01" and energy.identity_on_unit_box
 
+    def bounds_states(self, energy) -> bool:
+        """The [0, 1] projection keeps every state bounded: nothing can run away."""
+        return self.project == "clip01"
+
     def _descend(self, s, g):
         new = s - jnp.asarray(self.step_size, s.dtype) * g
         proj = PROJECTIONS[self.project]
