@@ -10,7 +10,6 @@ from typing import Optional
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 

@@ -200,11 +200,11 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
     dtype = jnp.real(jax.tree.leaves(state_of(carry0))[0]).dtype
     if tol is None:
         carry, n_loop = carry0, max_steps
+        norms = []
         if first_step is not None:
             carry, n_loop = first_step(carry0), n_loop - 1
-            norms = [update_norm(state_of(carry), state_of(carry0))]
-        else:
-            norms = []
+            if detect_growth or n_loop == 0:
+                norms.append(update_norm(state_of(carry), state_of(carry0)))
         tail = min(n_loop, GROWTH_STEPS if detect_growth else 1)
         carry = jax.lax.fori_loop(0, n_loop - tail, lambda _, c: step(c), carry)
         for _ in range(tail):
