@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from ep_jax.validate import check_finite, check_labels
+
 Cost = Callable[..., jax.Array]  # cost(output, target[, params]) -> (batch,)
 
 
@@ -30,11 +32,14 @@ def as_dense_target(target: jax.Array, n_out: int, dtype) -> jax.Array:
             raise ValueError(
                 f"target: expected integer labels of shape (batch,), received shape {target.shape}"
             )
+        # one_hot maps an out-of-range label to a zero row: a finite, wrong target.
+        check_labels(target, n_out)
         return jax.nn.one_hot(target, n_out, dtype=dtype)
     if target.ndim != 2 or target.shape[1] != n_out:
         raise ValueError(
             f"target: expected dense targets of shape (batch, {n_out}), received shape {target.shape}"
         )
+    check_finite(target, "target")
     return target.astype(dtype)
 
 
@@ -86,6 +91,7 @@ class SoftmaxReadout:
                 f"target: expected integer labels of shape (batch,), received {target.shape} "
                 f"{target.dtype}"
             )
+        check_labels(target, params[self.head]["kernel"].shape[-1])
         return optax.softmax_cross_entropy_with_integer_labels(self.logits(output, params), target)
 
 

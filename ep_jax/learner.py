@@ -35,6 +35,7 @@ from ep_jax.energies.base import Energy
 from ep_jax.preprocess import Preprocess
 from ep_jax.rules import Phases, get_rule
 from ep_jax.solvers import Solver, relax
+from ep_jax.validate import check_finite
 
 
 class Learner(Protocol):
@@ -127,6 +128,7 @@ class EPLearner:
         """One batch: free phase (from the particles), nudged phase(s), optax update."""
         if self.preprocess is not None:
             x, y = self.preprocess.train(x, y, key)
+        check_finite(x, "x")  # labels are checked where the cost reads them
         if self.persistent:
             state0 = jax.tree.map(lambda p: p[idx], state.particles)
         else:
@@ -158,7 +160,9 @@ class EPLearner:
         s0 = self.energy.init_state(params, x, self.state_init)
         s, stats = relax(self.energy, params, x, s0, solver=self.eval_solver, cost=self.cost)
         metrics = self._metrics(params, self.energy.output(s), y, stats)
-        metrics["converged"] = stats.converged.astype(self.energy.param_dtype(params))
+        dtype = self.energy.param_dtype(params)
+        metrics["converged"] = stats.converged.astype(dtype)
+        metrics["converged_fraction"] = stats.converged_fraction.astype(dtype)
         return metrics
 
     def diagnostics(self, state: EPState, x, y, key):

@@ -80,5 +80,6 @@ def first_step_gradient(
         converged=jnp.asarray(False),
         nonfinite=~finite,
         unbounded=jnp.asarray(False),
+        converged_fraction=jnp.zeros((), beta.dtype),
     )
     return grads, RuleResult(s0, s1, s0, beta, free_stats, stats, stats)

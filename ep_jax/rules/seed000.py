@@ -183,7 +183,7 @@ def _stats(energy, params, x, state, steps, residual) -> RelaxStats:
     # A fixed number of sweeps checks no tolerance: never "converged".
     return RelaxStats(
         jnp.asarray(steps, jnp.int32), jnp.asarray(residual, x.dtype), e.astype(x.dtype),
-        jnp.asarray(False), bad, jnp.asarray(False),
+        jnp.asarray(False), bad, jnp.asarray(False), jnp.zeros((), x.dtype),
     )
 
 

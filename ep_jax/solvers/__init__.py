@@ -14,6 +14,7 @@ over the state. A solver is a small object with ``init`` / ``step`` / ``terminat
 from ep_jax.solvers.base import (
     GROWTH_STEPS,
     PROJECTIONS,
+    LoopResult,
     Problem,
     RelaxationError,
     RelaxStats,
@@ -21,6 +22,7 @@ from ep_jax.solvers.base import (
     all_finite,
     check_stats,
     iterate,
+    nonfinite_cause,
     update_norm,
 )
 from ep_jax.solvers.fixed_point import FixedPoint
@@ -30,7 +32,7 @@ from ep_jax.solvers.relax import relax
 from ep_jax.solvers.stationary import Stationary
 
 __all__ = [
-    "GROWTH_STEPS", "PROJECTIONS", "FixedPoint", "GradientDescent", "OptaxSolver", "Problem",
+    "GROWTH_STEPS", "PROJECTIONS", "FixedPoint", "LoopResult", "GradientDescent", "OptaxSolver", "Problem",
     "RelaxStats", "RelaxationError", "Solver", "Stationary", "all_finite", "check_stats",
-    "iterate", "relax", "update_norm",
+    "iterate", "nonfinite_cause", "relax", "update_norm",
 ]

@@ -57,6 +57,8 @@ class RelaxStats(NamedTuple):
       nonfinite: a NaN or Inf appeared in the state: the relaxation diverged.
       unbounded: the update norm grew on each of the last steps without converging: F seems
         unbounded below along the trajectory (the states run away).
+      converged_fraction: the fraction of examples whose own last update norm met the tolerance
+        (0 for a fixed number of steps): convergence per example, not all-or-nothing.
     """
 
     steps: jax.Array
@@ -65,6 +67,19 @@ class RelaxStats(NamedTuple):
     converged: jax.Array
     nonfinite: jax.Array
     unbounded: jax.Array
+    converged_fraction: jax.Array
+
+
+class LoopResult(NamedTuple):
+    """What ``iterate`` (and ``Solver.solve``) return; ``residuals``: per-example update norms."""
+
+    carry: Any
+    steps: jax.Array
+    residual: jax.Array
+    nonfinite: jax.Array
+    converged: jax.Array
+    unbounded: jax.Array
+    converged_fraction: jax.Array
 
 
 class RelaxationError(RuntimeError):
@@ -146,7 +161,7 @@ class Solver(abc.ABC):
         """The loop: ``iterate`` over ``step``. ``hold(state)`` re-imposes a clamp after every
         step; ``box``: run the first step on its own and the later ones ``in_box``.
 
-        Returns ``(state, steps, residual, nonfinite, converged, unbounded)``.
+        Returns a ``LoopResult`` whose ``carry`` is the final state.
         """
         hold = hold or (lambda s: s)
 
@@ -154,13 +169,13 @@ class Solver(abc.ABC):
             s, ss = self.step(problem, carry[0], carry[1], in_box=in_box)
             return hold(s), ss
 
-        (state, _), *rest = iterate(
+        out = iterate(
             lambda c: step(c, box), (state0, self.init(problem, state0)), self.max_steps,
             self.tol, first_step=(lambda c: step(c, False)) if box else None,
             state_of=lambda c: c[0], terminate=self.terminate,
             detect_growth=not self.bounds_states(problem.energy),
         )
-        return (state, *rest)
+        return out._replace(carry=out.carry[0])
 
     def _replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -172,7 +187,12 @@ def update_norm(new: State, old: State) -> jax.Array:
     One square root of the largest squared norm (sqrt is monotone: the same number as the
     largest of the per-example norms, without a square root per example).
     """
-    return jnp.sqrt(jnp.max(tree_sq_norm(jax.tree.map(jnp.subtract, new, old))))
+    return jnp.sqrt(jnp.max(example_sq_norms(new, old)))
+
+
+def example_sq_norms(new: State, old: State) -> jax.Array:
+    """||new_b - old_b||^2 per example, ``(batch,)``."""
+    return tree_sq_norm(jax.tree.map(jnp.subtract, new, old))
 
 
 def all_finite(state: State) -> jax.Array:
@@ -193,7 +213,7 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
     tol``), a non-finite norm, or ``max_steps``. ``first_step`` (if given) replaces ``step`` for
     step 1, which then runs outside the loop.
 
-    Returns ``(carry, steps, residual, nonfinite, converged, unbounded)``.
+    Returns a ``LoopResult``.
     """
     if not (isinstance(max_steps, int) and max_steps >= 1):
         raise ValueError(f"max_steps: expected an int >= 1, received {max_steps!r}")
@@ -215,44 +235,63 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
         unbounded = jnp.asarray(detect_growth and len(norms) >= GROWTH_STEPS)
         for a, b in zip(norms[-GROWTH_STEPS:], norms[-GROWTH_STEPS + 1:]):
             unbounded = unbounded & _grew(b, a)
-        return (carry, jnp.asarray(max_steps, jnp.int32), norms[-1], nonfinite,
-                jnp.asarray(False), unbounded & ~nonfinite)
+        return LoopResult(carry, jnp.asarray(max_steps, jnp.int32), norms[-1], nonfinite,
+                          jnp.asarray(False), unbounded & ~nonfinite, jnp.zeros((), dtype))
 
     terminate = terminate or (lambda r: r <= jnp.asarray(tol, r.dtype))
 
+    # The carry holds every example's last update norm, so convergence is also per example.
     def cond(c):
-        _, i, res, bad, _ = c
-        return (i < max_steps) & ~terminate(res) & ~bad
+        _, i, res_b, bad, _ = c
+        return (i < max_steps) & ~terminate(jnp.max(res_b)) & ~bad
 
     def body(c):
         carry, i, res_old, _, growth = c
         new = step(carry)
-        res = update_norm(state_of(new), state_of(carry))
-        growth = jnp.where(_grew(res, res_old), growth + 1, 0)
-        return new, i + 1, res, ~jnp.isfinite(res), growth
+        res_b = jnp.sqrt(example_sq_norms(state_of(new), state_of(carry)))
+        res = jnp.max(res_b)
+        growth = jnp.where(_grew(res, jnp.max(res_old)), growth + 1, 0)
+        return new, i + 1, res_b, ~jnp.isfinite(res), growth
 
     zero = jnp.asarray(0, jnp.int32)
+    batch = jnp.shape(jax.tree.leaves(state_of(carry0))[0])[0]
     if first_step is not None:
         first = first_step(carry0)
-        res0 = update_norm(state_of(first), state_of(carry0))
-        init = (first, jnp.asarray(1, jnp.int32), res0, ~jnp.isfinite(res0), zero)
+        res0 = jnp.sqrt(example_sq_norms(state_of(first), state_of(carry0)))
+        init = (first, jnp.asarray(1, jnp.int32), res0, ~jnp.isfinite(jnp.max(res0)), zero)
     else:
-        init = (carry0, zero, jnp.asarray(jnp.inf, dtype), jnp.asarray(False), zero)
-    carry, steps, residual, nonfinite, growth = jax.lax.while_loop(cond, body, init)
+        init = (carry0, zero, jnp.full((batch,), jnp.inf, dtype), jnp.asarray(False), zero)
+    carry, steps, res_b, nonfinite, growth = jax.lax.while_loop(cond, body, init)
+    residual = jnp.max(res_b)
     nonfinite = nonfinite | ~all_finite(state_of(carry))
     converged = terminate(residual) & ~nonfinite
     unbounded = (growth >= GROWTH_STEPS - 1) & ~converged & ~nonfinite & detect_growth
-    return carry, steps, residual, nonfinite, converged, unbounded
+    fraction = jnp.mean(terminate(res_b).astype(dtype)) * (~nonfinite).astype(dtype)
+    return LoopResult(carry, steps, residual, nonfinite, converged, unbounded, fraction)
 
 
-def check_stats(stats: RelaxStats, *, require_converged: bool = False, where: str = "relax") -> None:
+def nonfinite_cause(x=None, params=None) -> str:
+    """The likely cause of a non-finite relaxation, checked in order on the host: the input,
+    the parameters, else the dynamics (a step size or beta too large for the energy)."""
+    for name, tree in (("the input x", x), ("the parameters", params)):
+        if tree is not None and not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(tree)):
+            return f"{name} holds NaN or Inf"
+    known = " and ".join(n for n, t in (("x", x), ("params", params)) if t is not None)
+    dynamics = "a step size or beta too large for this energy (or an unbounded activation)"
+    return (f"{known} are finite: {dynamics}" if known
+            else f"non-finite inputs or parameters, or {dynamics}")
+
+
+def check_stats(stats: RelaxStats, *, require_converged: bool = False, where: str = "relax",
+                x=None, params=None) -> None:
     """Host-side check: raises ``RelaxationError`` if the relaxation diverged, ran away
-    (``unbounded``), or (``require_converged``) did not meet its tolerance."""
+    (``unbounded``), or (``require_converged``) did not meet its tolerance. Given ``x`` and
+    ``params``, a divergence names its likely cause (``nonfinite_cause``)."""
     steps, res = int(jnp.max(stats.steps)), float(jnp.max(stats.residual))
     if bool(jnp.any(stats.nonfinite)):
         raise RelaxationError(
             f"{where}: relaxation diverged (non-finite state after {steps} steps, "
-            f"residual {res:.3g}); lower the step size"
+            f"residual {res:.3g}); likely cause: {nonfinite_cause(x, params)}"
         )
     if bool(jnp.any(stats.unbounded)):
         raise RelaxationError(
@@ -261,6 +300,8 @@ def check_stats(stats: RelaxStats, *, require_converged: bool = False, where: st
             "the solver reaches; lower beta or the step size"
         )
     if require_converged and not bool(jnp.all(stats.converged)):
+        fraction = float(jnp.min(stats.converged_fraction))
         raise RelaxationError(
-            f"{where}: relaxation did not reach its tolerance in {steps} steps (residual {res:.3g})"
+            f"{where}: relaxation did not reach its tolerance in {steps} steps (residual "
+            f"{res:.3g}; {100 * fraction:.1f}% of the examples did)"
         )

@@ -11,6 +11,7 @@ from ep_jax.costs import Cost, prepare_target, squared_error
 from ep_jax.energies.base import Energy, Params, State
 from ep_jax.solvers.base import Problem, RelaxStats, Solver
 from ep_jax.solvers.gradient_descent import GradientDescent
+from ep_jax.validate import check_finite
 
 
 def relax(
@@ -59,6 +60,7 @@ def relax(
     """
     state0 = energy.init_state(params, x, state0)
     energy.check_inputs(params, state0, x)
+    check_finite(x, "x")
     solver.validate(energy)
     out0 = energy.output(state0)
     if target is not None:
@@ -82,7 +84,7 @@ def relax(
     problem = Problem(energy, params, x, target, beta, cost, drive)
     # After one step the states lie in [0, 1] (a held output layer may not).
     box = clamp_output is None and solver.keeps_in_box(energy)
-    state, steps, residual, nonfinite, converged, unbounded = solver.solve(
-        problem, state0, hold=hold, box=box)
-    f = jnp.mean(problem.total(state))
-    return state, RelaxStats(steps, residual, f, converged, nonfinite, unbounded)
+    out = solver.solve(problem, state0, hold=hold, box=box)
+    f = jnp.mean(problem.total(out.carry))
+    return out.carry, RelaxStats(out.steps, out.residual, f, out.converged, out.nonfinite,
+                                 out.unbounded, out.converged_fraction)

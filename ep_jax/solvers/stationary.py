@@ -8,7 +8,7 @@ from typing import Optional
 import jax.numpy as jnp
 
 from ep_jax.energies.base import tree_sq_norm
-from ep_jax.solvers.base import Problem, Solver, all_finite
+from ep_jax.solvers.base import LoopResult, Problem, Solver, all_finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +36,12 @@ class Stationary(Solver):
     def step(self, problem: Problem, state, solver_state, *, in_box: bool = False):
         return state, solver_state
 
-    def solve(self, problem: Problem, state0, *, hold=None, box: bool = False):
+    def solve(self, problem: Problem, state0, *, hold=None, box: bool = False) -> LoopResult:
         state = state0 if hold is None else hold(state0)
-        residual = jnp.sqrt(jnp.max(tree_sq_norm(problem.grad(state))))
+        res_b = jnp.sqrt(tree_sq_norm(problem.grad(state)))
+        residual = jnp.max(res_b)
         nonfinite = ~all_finite(state) | ~jnp.isfinite(residual)
         converged = self.terminate(residual) & ~nonfinite
-        return state, jnp.asarray(0, jnp.int32), residual, nonfinite, converged, jnp.asarray(False)
+        fraction = jnp.mean(self.terminate(res_b).astype(residual.dtype))
+        return LoopResult(state, jnp.asarray(0, jnp.int32), residual, nonfinite, converged,
+                          jnp.asarray(False), fraction * (~nonfinite).astype(residual.dtype))
