@@ -71,7 +71,9 @@ def _add_train(sub):
         "checkpoints and plots. Presets: " + ", ".join(sorted(PRESETS)),
     )
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<time>)")
+    p.add_argument("--out", default=None,
+                   help="run directory: new, empty, or (with --resume) this run's; never "
+                   "overwritten (default: a new runs/<preset>-<time>-<pid>)")
     p.add_argument("--data-dir", default=None,
                    help="offline dataset files (default $EP_JAX_DATA_DIR; see ep_jax.app.data)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -122,14 +124,14 @@ def _optional_float(text: str):
 
 
 def _train(args) -> int:
-    import time
-
     from ep_jax.app.config import FIELD_SECTION, get_preset
-    from ep_jax.app.train import train
+    from ep_jax.app.train import new_run_dir, train
 
     overrides = {name: getattr(args, name) for name in FIELD_SECTION if hasattr(args, name)}
     cfg = get_preset(args.preset).with_overrides(**overrides)
-    out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume and args.out is None:
+        raise ValueError("--resume: expected --out, the run directory to continue")
+    out = args.out or str(new_run_dir("runs", cfg.preset))
     if not args.quiet:
         print(f"config ({out}/config.json):")
         print(cfg.to_json(), flush=True)
@@ -216,12 +218,14 @@ def main(argv=None) -> int:
     _add_bench(sub)
     args = parser.parse_args(argv)
     from ep_jax.app.checkpoint import CheckpointError
+    from ep_jax.app.train import DivergenceError, RunDirError
     from ep_jax.solvers import RelaxationError
 
     try:
         commands = {"gradcheck": _gradcheck, "train": _train, "eval": _eval, "credit": _credit}
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, CheckpointError, RelaxationError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError, RelaxationError, FloatingPointError,
+            RunDirError, DivergenceError) as err:
         # Bad input and missing files are the user's to fix: one clear line, no traceback.
         print(f"ep-jax {args.command}: error: {err}", file=sys.stderr)
         return 2

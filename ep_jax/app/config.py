@@ -8,7 +8,7 @@
                 optimizer=OptimizerConfig(optimizer, alphas, learning_rate, weight_decay, ...),
                 data=DataConfig(dataset, batch_size, augment, random_targets),
                 loop=LoopConfig(epochs, seed, eval_every, checkpoint_every, log_every,
-                                credit_batch))
+                                credit_batch, on_divergence))
 
 ``model.kind`` says what is trained: ``"layered"`` (an energy from ``ep_jax.energies`` relaxed by
 gradient descent, trained by an EP-family rule from ``ep_jax.rules``), ``"mlp"`` (the feed-forward
@@ -45,6 +45,7 @@ BACKPROP, RESIDUAL_EP = "backprop", "residual-ep"
 COSTS = ("squared_error", "cross_entropy")
 SCHEDULES = ("constant", "cosine")
 STATE_INITS = ("zeros", "feedforward")
+DIVERGENCE_POLICIES = ("warn", "stop")
 
 # How a field behaves on ``--resume`` (dataclass field metadata "resume").
 FINGERPRINTED, SAFE = "fingerprint", "safe"
@@ -70,6 +71,7 @@ def _choice_tables() -> tuple[dict, dict]:
         "kind": KINDS, "energy": ENERGIES, "activation": ACTIVATIONS, "state_init": STATE_INITS,
         "inner_optimizer": INNER_OPTIMIZERS, "embedding_gradient": EMBEDDING_GRADIENTS,
         "batch_scaling": BATCH_SCALINGS, "schedule": SCHEDULES, "augment": AUGMENTS,
+        "on_divergence": DIVERGENCE_POLICIES,
     }
     per_kind = {
         "rule": {LAYERED: RULES, MLP: (BACKPROP,), RESIDUAL: (RESIDUAL_EP, BACKPROP)},
@@ -276,6 +278,9 @@ class LoopConfig(_Section):
         over the batches between two of them).
       credit_batch: test examples of the credit diagnostics (``ep_jax.credit``) recorded at every
         evaluation of a residual model (0: none).
+      on_divergence: ``"warn"`` or ``"stop"``: what an epoch flagged as diverging (a relaxation
+        ran away, or the free phase's residual grew 10x since the first epoch) does after its
+        metrics row and checkpoint are written (see ``ep_jax.app.train``).
     """
 
     SECTION = "loop"
@@ -287,6 +292,7 @@ class LoopConfig(_Section):
     checkpoint_every: int = _field(1, resume=SAFE)
     log_every: int = _field(8, resume=SAFE)
     credit_batch: int = _field(128, used_by=(RESIDUAL,), resume=SAFE)
+    on_divergence: str = _field("warn", resume=SAFE)
 
     def __post_init__(self):
         for name in ("epochs", "eval_every", "log_every"):

@@ -578,3 +578,35 @@ def _to_unit_float(images: np.ndarray) -> np.ndarray:
 
 def _c(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(np.ascontiguousarray(a) for a in arrays)
+
+
+def validate(data: Dataset) -> None:
+    """Raises ``ValueError`` unless every label is an integer in ``[0, num_classes)`` and every
+    input is finite; the message names the split, how many values are bad, the first one's index
+    and its value."""
+    k = data.num_classes
+    for split in ("train", "test"):
+        y = np.asarray(getattr(data, f"y_{split}"))
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"y_{split}: expected integer labels in [0, {k}), received dtype {y.dtype}")
+        bad = np.flatnonzero((y < 0) | (y >= k))
+        if bad.size:
+            raise ValueError(
+                f"y_{split}: expected labels in [0, {k}), received {bad.size} outside it; the first "
+                f"is y_{split}[{bad[0]}] = {y[bad[0]]}"
+            )
+        x = np.asarray(getattr(data, f"x_{split}"))
+        bad = np.argwhere(~np.isfinite(x))
+        if len(bad):
+            first = tuple(int(i) for i in bad[0])
+            raise ValueError(
+                f"x_{split}: expected finite inputs, received {len(bad)} non-finite values; the "
+                f"first is x_{split}[{', '.join(map(str, first))}] = {x[first]}"
+            )
+
+
+def outside_unit_fraction(data: Dataset) -> float:
+    """The fraction of input values (train and test) outside ``[0, 1]``."""
+    n = sum(getattr(data, f"x_{s}").size for s in ("train", "test"))
+    out = sum(int(np.count_nonzero((x < 0) | (x > 1))) for x in (data.x_train, data.x_test))
+    return out / n if n else 0.0

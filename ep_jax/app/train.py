@@ -13,14 +13,31 @@ Every random number is a function of (seed, epoch, step), so a run resumed from 
 of epoch k computes exactly what the uninterrupted run computes after epoch k. The data live on
 device; a step never leaves it, and the chunks are padded to one fixed length (a padded step is
 skipped by ``lax.cond``) so the step compiles once.
+
+Run directories lose nothing: ``train`` refuses a non-empty directory that holds no checkpoint of
+an ep-jax run, holds an exclusive lock (``DIR/.lock``) while it trains, writes its JSON files
+atomically (temp file + ``os.replace``), appends metrics one whole line at a time, and records
+each ``--resume`` in ``provenance.jsonl`` instead of rewriting ``config.json``.
+
+Divergence: an epoch whose mean ``unbounded`` is > 0 (some relaxation ran away) or whose free
+phase ``residual`` grew more than ``RESIDUAL_GROWTH`` times since the run's first epoch is
+flagged (``"flags"`` in its metrics row and a line on stderr); under
+``loop.on_divergence="stop"`` it then raises ``DivergenceError``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
+import itertools
 import json
 import math
+import os
+import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -30,11 +47,107 @@ import numpy as np
 
 from ep_jax.app import checkpoint
 from ep_jax.app.build import build_learner
-from ep_jax.app.config import LAYERED, RESIDUAL, TrainConfig
-from ep_jax.app.data import Dataset, load_dataset
+from ep_jax.app.config import LAYERED, MLP, RESIDUAL, TrainConfig
+from ep_jax.app.data import Dataset, load_dataset, outside_unit_fraction, validate
 
 # Networks with at most this many units get a network-graph plot.
 MAX_GRAPH_UNITS = 64
+# An epoch whose mean free-phase residual exceeds the first epoch's by this factor is flagged.
+RESIDUAL_GROWTH = 10.0
+LOCK = ".lock"
+
+
+class RunDirError(RuntimeError):
+    """The run directory is not this run's to write (foreign files, or in use by another process)."""
+
+
+class DivergenceError(RuntimeError):
+    """An epoch was flagged as diverging under ``loop.on_divergence="stop"``."""
+
+
+def new_run_dir(root, preset: str) -> Path:
+    """Creates and returns ``root/<preset>-<YYYYmmdd-HHMMSS>-<pid>[-n]``, a new empty directory.
+
+    ``os.mkdir`` is atomic, so two processes (or threads) never get the same directory.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for n in itertools.count():
+        path = root / (stem if n == 0 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def _check_run_dir(out: Path, resume: bool) -> None:
+    """Refuses an ``out`` that is not empty and holds no checkpoint (nothing foreign is overwritten)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunDirError(f"--out {out}: not a directory")
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    if not entries:
+        return
+    if checkpoint.epochs(out):
+        if not resume:
+            raise checkpoint.CheckpointError(
+                f"{out} already holds checkpoints: pass --resume to continue that run or choose "
+                "another --out"
+            )
+        return
+    shown = ", ".join(entries[:6]) + (f", ... ({len(entries)} entries)" if len(entries) > 6 else "")
+    raise RunDirError(
+        f"--out {out}: not empty and holds no checkpoint of an ep-jax run ({shown}); refusing to "
+        "overwrite it: choose a new or empty directory"
+    )
+
+
+@contextlib.contextmanager
+def run_dir_lock(out: Path):
+    """Holds an exclusive ``flock`` on ``out/.lock`` (holding our pid) until the block exits."""
+    f = open(out / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise RunDirError(f"{out} is in use by another ep-jax process (pid {pid})") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _append_line(path: Path, row: dict) -> None:
+    # One O_APPEND write(2) of one whole line (no buffered splitting): no reader sees half a row.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(row) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def divergence_flags(row: dict, first: dict) -> list[str]:
+    """Why epoch ``row`` looks divergent, compared with the run's first epoch ``first``."""
+    flags = []
+    if row.get("train_unbounded", 0.0) > 0:
+        flags.append(f"train_unbounded={row['train_unbounded']:.3g}: relaxations ran away in "
+                     "some batches")
+    r, r0 = row.get("train_residual"), first.get("train_residual")
+    if r is not None and r0 and r > RESIDUAL_GROWTH * r0:
+        flags.append(f"train_residual={r:.3g}: grew {r / r0:.0f}x since epoch {first['epoch']} "
+                     f"({r0:.3g})")
+    return flags
 
 
 class TrainState(NamedTuple):
@@ -119,6 +232,15 @@ class Run:
         self.cfg = cfg
         self.data = data if data is not None else load_dataset(cfg.data.dataset, data_dir)
         d = self.data
+        validate(d)
+        if cfg.model.kind == LAYERED and cfg.model.activation == "hard_sigmoid":
+            clipped = outside_unit_fraction(d)
+            if clipped > 0:
+                warnings.warn(
+                    f"{100 * clipped:.2f}% of the input values of {cfg.data.dataset!r} are outside "
+                    "[0, 1]; the input layer's hard_sigmoid clips them (scale the inputs to [0, 1] "
+                    "or use another model.activation)", stacklevel=2,
+                )
         self.n_train = d.x_train.shape[0]
         batch_size = cfg.data.batch_size
         if self.n_train < batch_size:
@@ -161,11 +283,26 @@ class Run:
         means = {k: v / self.n_batches for k, v in _to_float(sums).items()}
         bad = sorted(k for k, v in means.items() if not math.isfinite(v))
         if bad:
-            raise FloatingPointError(
-                f"training diverged in epoch {int(ts.epoch) + 1}: non-finite {bad}; "
-                "lower the step size or the learning rates"
-            )
+            raise FloatingPointError(self._nonfinite_message(ls, int(ts.epoch) + 1, bad))
         return TrainState(ls, ts.key, ts.epoch + 1, step), means
+
+    def _nonfinite_message(self, ls, epoch: int, bad: list[str]) -> str:
+        """The likely causes of non-finite metrics, in order, with what the host can check."""
+        params = jax.device_get(self.learner.params(ls))
+        leaves = [jax.tree_util.keystr(p) for p, a in jax.tree_util.tree_leaves_with_path(params)
+                  if not np.all(np.isfinite(a))]
+        rule = self.cfg.rule
+        causes = [
+            "non-finite inputs in the data: no (checked at load)",
+            "non-finite parameters: " + (f"yes, in {leaves[:4]} (lower the learning rates: "
+                                         "optimizer.alphas / optimizer.learning_rate)"
+                                         if leaves else "no"),
+        ]
+        if self.cfg.model.kind != MLP:  # the MLP has no relaxation and no beta
+            causes += [f"step size too large: rule.step_size={rule.step_size} (lower --step-size)",
+                       f"beta too large: rule.beta={rule.beta} (lower --beta)"]
+        return (f"training diverged in epoch {epoch}: non-finite {bad}; likely causes, in order: "
+                + "; ".join(f"({i}) {c}" for i, c in enumerate(causes, 1)))
 
     def test_metrics(self, ts: TrainState) -> dict:
         return _to_float(self.evaluate(ts.learner, self.Xt, self.Yt))
@@ -204,42 +341,72 @@ def train(
 ) -> dict:
     """Trains ``cfg``, writing config.json, metrics.jsonl, checkpoints, plots and summary.json.
 
+    Checkpoints (every ``loop.checkpoint_every`` epochs, the last epoch and every evaluation that
+    improves the best test error): the last ``checkpoint.KEEP_LAST`` are kept, plus the best one,
+    so ``ep-jax eval --epoch <best_epoch>`` always works when checkpoints are on.
+
     Args:
       cfg: the run's configuration (a preset with overrides).
       out_dir: the run directory; ``None`` writes nothing (no checkpoints, metrics or plots).
+        It must not exist, be empty, or (with ``resume``) hold this run's checkpoints; anything
+        else is refused (``RunDirError``, ``CheckpointError``), never overwritten. It is locked
+        for the whole run: a second process on it fails at once (``RunDirError``).
       data_dir: where offline dataset files are (see ``ep_jax.app.data.load_dataset``).
-      resume: continue from the latest checkpoint in ``out_dir``.
-      quiet: no progress bar and no per-epoch lines.
+      resume: continue from the latest checkpoint in ``out_dir``; config.json stays as written
+        by the first run and the resume is appended to provenance.jsonl (safe fields changed).
+      quiet: no progress bar and no per-epoch lines (divergence flags are still printed).
       data: a ``Dataset`` to use instead of loading ``cfg.data.dataset``.
       plots: write the PNG plots at the end.
 
     Returns:
       The summary dict (also ``summary.json``): final/best test error (fractions), epochs,
       wall time, samples/s, ...; plus ``"state"``, the final ``TrainState`` (not saved).
+
+    Raises:
+      ValueError: invalid data (labels outside [0, num_classes), non-finite inputs).
+      FloatingPointError: non-finite training metrics (the message lists likely causes).
+      DivergenceError: a flagged epoch under ``loop.on_divergence="stop"``.
     """
+    kw = dict(data_dir=data_dir, resume=resume, quiet=quiet, data=data, plots=plots)
+    if out_dir is None:
+        return _train(cfg, None, **kw)
+    out = Path(out_dir)
+    _check_run_dir(out, resume)  # before creating anything in a foreign directory
+    out.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(out):
+        _check_run_dir(out, resume)  # again: another process may have written it meanwhile
+        return _train(cfg, out, **kw)
+
+
+def _train(cfg: TrainConfig, out: Optional[Path], *, data_dir, resume, quiet, data, plots) -> dict:
     t_start = time.perf_counter()
-    out = Path(out_dir) if out_dir is not None else None
     run = Run(cfg, data=data, data_dir=data_dir)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     ts = run.init_state()
     rows: list[dict] = []
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         if resume:
             epoch = checkpoint.latest_epoch(out)
             if epoch is None:
                 raise checkpoint.CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'}")
             checkpoint.check_config(out, cfg)
+            before = checkpoint.effective_config(out)
             ts = checkpoint.restore(out, epoch, ts)
             rows = _read_metrics(out / "metrics.jsonl", epoch)
+            record = {
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "resumed_from_epoch": epoch,
+                # Fingerprinted fields were refused above: what changed is RESUME_SAFE.
+                "changed": checkpoint.config_changes(before, cfg),
+                "ep_jax": _version(), "host": socket.gethostname(), "pid": os.getpid(),
+            }
+            path = out / checkpoint.PROVENANCE
+            old = path.read_text() if path.exists() else ""
+            checkpoint.write_atomic(path, old + json.dumps(record) + "\n")
             log(f"resumed from {out / 'checkpoints' / str(epoch)} (epoch {epoch}, step {int(ts.step)})")
-        elif checkpoint.latest_epoch(out) is not None:
-            raise checkpoint.CheckpointError(
-                f"{out} already holds checkpoints: pass --resume to continue that run or choose "
-                "another --out"
-            )
-        (out / "config.json").write_text(cfg.to_json() + "\n")
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            checkpoint.write_atomic(out / "config.json", cfg.to_json() + "\n")
+        checkpoint.write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
     start_epoch = int(ts.epoch)
     epochs, batch_size = cfg.loop.epochs, cfg.data.batch_size
@@ -251,56 +418,71 @@ def train(
             total=(epochs - start_epoch) * run.n_batches, unit="batch", file=sys.stderr,
             desc=cfg.preset, dynamic_ncols=True,
         )
+    say = bar.write if bar is not None else (lambda m: print(m, file=sys.stderr, flush=True))
     samples, run_wall = 0, 0.0
     train_wall = sum(r["epoch_wall_s"] for r in rows)
-    for _ in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        done = [0]
+    try:
+        for _ in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            done = [0]
 
-        def on_chunk(c, sums, done=done):
-            if bar is None:
-                return
-            n = min((c + 1) * run.chunk_len, run.n_batches)
-            bar.update(n - done[0])
-            done[0] = n
-            bar.set_postfix(epoch=int(ts.epoch) + 1, err=f"{100 * float(sums['error']) / n:.2f}%")
+            def on_chunk(c, sums, done=done):
+                if bar is None:
+                    return
+                n = min((c + 1) * run.chunk_len, run.n_batches)
+                bar.update(n - done[0])
+                done[0] = n
+                bar.set_postfix(epoch=int(ts.epoch) + 1,
+                                err=f"{100 * float(sums['error']) / n:.2f}%")
 
-        ts, train_m = run.train_epoch(ts, on_chunk)
-        epoch = int(ts.epoch)
-        row = {"epoch": epoch, "step": int(ts.step)}
-        row.update({f"train_{k}": v for k, v in train_m.items()})
-        if epoch % cfg.loop.eval_every == 0 or epoch == epochs:
-            row.update({f"test_{k}": v for k, v in run.test_metrics(ts).items()})
-            credit = run.credit(ts)
-            if credit is not None:
-                row["credit"] = credit
-        wall = time.perf_counter() - t0
-        train_wall += wall
-        run_wall += wall
-        samples += run.n_batches * batch_size
-        row.update(epoch_wall_s=wall, samples_per_s=run.n_batches * batch_size / wall)
-        rows.append(row)
-        if out is not None:
-            # Checkpoint first: a metrics row implies its epoch's checkpoint exists.
-            every = cfg.loop.checkpoint_every
-            if every and (epoch % every == 0 or epoch == epochs):
-                checkpoint.save(out, epoch, ts)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            ts, train_m = run.train_epoch(ts, on_chunk)
+            epoch = int(ts.epoch)
+            row = {"epoch": epoch, "step": int(ts.step)}
+            row.update({f"train_{k}": v for k, v in train_m.items()})
+            tested = [r["test_error"] for r in rows if "test_error" in r]
+            if epoch % cfg.loop.eval_every == 0 or epoch == epochs:
+                row.update({f"test_{k}": v for k, v in run.test_metrics(ts).items()})
+                credit = run.credit(ts)
+                if credit is not None:
+                    row["credit"] = credit
+            flags = divergence_flags(row, rows[0] if rows else row)
+            if flags:
+                row["flags"] = flags
+            wall = time.perf_counter() - t0
+            train_wall += wall
+            run_wall += wall
+            samples += run.n_batches * batch_size
+            row.update(epoch_wall_s=wall, samples_per_s=run.n_batches * batch_size / wall)
+            rows.append(row)
+            if out is not None:
+                # Checkpoint first: a metrics row implies its epoch's checkpoint exists.
+                every = cfg.loop.checkpoint_every
+                new_best = "test_error" in row and all(row["test_error"] < t for t in tested)
+                if every and (epoch % every == 0 or epoch == epochs or new_best):
+                    best = _best(rows)
+                    checkpoint.save(out, epoch, ts, best=best and best["epoch"])
+                _append_line(out / "metrics.jsonl", row)
+            if bar is not None:
+                test = row.get("test_error")
+                bar.write(
+                    f"epoch {epoch:3d}  train error {100 * row['train_error']:6.2f}%"
+                    + (f"  test error {100 * test:6.2f}%" if test is not None else "")
+                    + f"  {wall:5.2f} s"
+                )
+            if flags:
+                say(f"epoch {epoch}: diverging: {'; '.join(flags)}")
+                if cfg.loop.on_divergence == "stop":
+                    raise DivergenceError(
+                        f"epoch {epoch} diverged ({'; '.join(flags)}) and loop.on_divergence is "
+                        "'stop'" + (f"; its metrics and checkpoint are in {out}" if out else "")
+                    )
+    finally:
         if bar is not None:
-            test = row.get("test_error")
-            bar.write(
-                f"epoch {epoch:3d}  train error {100 * row['train_error']:6.2f}%"
-                + (f"  test error {100 * test:6.2f}%" if test is not None else "")
-                + f"  {wall:5.2f} s"
-            )
-    if bar is not None:
-        bar.close()
+            bar.close()
 
     if not rows or "test_error" not in rows[-1]:
         rows.append({"epoch": int(ts.epoch), **{f"test_{k}": v for k, v in run.test_metrics(ts).items()}})
-    tested = [r for r in rows if "test_error" in r]
-    best = min(tested, key=lambda r: r["test_error"])
+    best = _best(rows)
     summary = {
         "preset": cfg.preset,
         "model": cfg.model.kind,
@@ -327,9 +509,20 @@ def train(
     if out is not None:
         if plots:
             summary["plots"] = [str(p) for p in write_plots(run, ts, rows, out)]
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        checkpoint.write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     summary["state"] = ts
     return summary
+
+
+def _best(rows: list[dict]) -> Optional[dict]:
+    """The first row of lowest test error (the summary's best epoch); ``None`` before any test."""
+    return min((r for r in rows if "test_error" in r), key=lambda r: r["test_error"], default=None)
+
+
+def _version() -> str:
+    from ep_jax import __version__
+
+    return __version__
 
 
 def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[Path]:
@@ -366,11 +559,7 @@ def _restore_run(run_dir, data_dir, epoch):
     path = run_dir / "config.json"
     if not path.exists():
         raise checkpoint.CheckpointError(f"{path}: missing; --checkpoint expects a run directory")
-    try:
-        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise checkpoint.CheckpointError(f"{path}: not a valid run config ({err})") from err
-    run = Run(cfg, data_dir=data_dir)
+    run = Run(checkpoint.effective_config(run_dir), data_dir=data_dir)
     if epoch is None:
         epoch = checkpoint.latest_epoch(run_dir)
         if epoch is None:
