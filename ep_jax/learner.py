@@ -122,6 +122,7 @@ class EPLearner:
             "energy": stats.energy,
             "steps": stats.steps.astype(dtype),
             "residual": stats.residual,
+            "converged_fraction": stats.converged_fraction.astype(dtype),
         }
 
     def train_step(self, state: EPState, x, y, idx, key):
@@ -162,7 +163,6 @@ class EPLearner:
         metrics = self._metrics(params, self.energy.output(s), y, stats)
         dtype = self.energy.param_dtype(params)
         metrics["converged"] = stats.converged.astype(dtype)
-        metrics["converged_fraction"] = stats.converged_fraction.astype(dtype)
         return metrics
 
     def diagnostics(self, state: EPState, x, y, key):

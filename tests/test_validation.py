@@ -108,3 +108,17 @@ def test_rules_refuse_bad_labels_before_relaxing():
         with pytest.raises(ValueError, match=r"labels in \[0, 3\)"):
             get_rule(name)(energy, params, x, jnp.array([0, 1, 5, 0]), "zeros",
                            phases=Phases(0.5), key=jax.random.PRNGKey(0))
+
+
+def test_training_and_evaluation_metrics_report_the_converged_fraction():
+    energy, params, x = _net()
+    free = GradientDescent(0.5, 500, tol=1e-6, project="clip01")
+    fixed = GradientDescent(0.5, 4, project="clip01")
+    learner = EPLearner(energy, "ep", Phases(0.5, free, fixed), make_optimizer("sgd", [0.1, 0.1]),
+                        eval_solver=GradientDescent(0.5, 2, tol=1e-6, project="clip01"),
+                        persistent=False)
+    state = learner.init(jax.random.PRNGKey(0), 4)
+    _, m = jax.jit(learner.train_step)(state, x, jnp.array([0, 1, 2, 0]), None, jax.random.PRNGKey(1))
+    assert float(m["converged_fraction"]) == 1.0
+    ev = jax.jit(learner.evaluate)(state, x, jnp.array([0, 1, 2, 0]))
+    assert float(ev["converged_fraction"]) < 1.0 and float(ev["converged"]) == 0.0  # 2 steps
