@@ -35,7 +35,6 @@ from ep_jax.energies.base import Energy
 from ep_jax.preprocess import Preprocess
 from ep_jax.rules import Phases, get_rule
 from ep_jax.solvers import Solver, relax
-from ep_jax.validate import check_finite
 
 
 class Learner(Protocol):
@@ -129,7 +128,6 @@ class EPLearner:
         """One batch: free phase (from the particles), nudged phase(s), optax update."""
         if self.preprocess is not None:
             x, y = self.preprocess.train(x, y, key)
-        check_finite(x, "x")  # labels are checked where the cost reads them
         if self.persistent:
             state0 = jax.tree.map(lambda p: p[idx], state.particles)
         else:
