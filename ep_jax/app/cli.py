@@ -94,7 +94,8 @@ def _field_parser(name: str):
 
     return {
         bool: (_bool, "true|false"), int: (int, "N"), float: (float, "X"), str: (str, "NAME"),
-        Optional[float]: (_optional_float, "X|none"), tuple[int, ...]: (_sizes, "N,N,..."),
+        Optional[float]: (_optional_float, "X|none"), Optional[str]: (_optional_str, "TEXT|none"),
+        tuple[int, ...]: (_sizes, "N,N,..."),
         tuple[float, ...]: (_floats, "X,X,..."),
     }[field_type(name)]
 
@@ -112,6 +113,10 @@ def _floats(text: str) -> tuple:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, received {text!r}")
+
+
+def _optional_str(text: str):
+    return None if text.lower() == "none" else text
 
 
 def _optional_float(text: str):

@@ -1,4 +1,4 @@
-"""Training runs as data: ``TrainConfig``, five frozen sections, and the presets of ``ep-jax train``.
+"""Training runs as data: ``TrainConfig``, six frozen sections, and the presets of ``ep-jax train``.
 
 ::
 
@@ -8,7 +8,8 @@
                 optimizer=OptimizerConfig(optimizer, alphas, learning_rate, weight_decay, ...),
                 data=DataConfig(dataset, batch_size, augment, random_targets),
                 loop=LoopConfig(epochs, seed, eval_every, checkpoint_every, log_every,
-                                credit_batch, on_divergence))
+                                credit_batch, on_divergence),
+                devices=DevicesConfig(devices, mesh))
 
 ``model.kind`` says what is trained: ``"layered"`` (an energy from ``ep_jax.energies`` relaxed by
 gradient descent, trained by an EP-family rule from ``ep_jax.rules``), ``"mlp"`` (the feed-forward
@@ -302,9 +303,42 @@ class LoopConfig(_Section):
         self._int("credit_batch", 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class DevicesConfig(_Section):
+    """Where it runs: the device mesh of data-parallel training (``ep_jax.distributed``).
+
+    Every field may change on ``--resume``: a checkpoint restores onto any device count (the
+    arrays are saved whole and resharded on restore).
+
+    Attributes:
+      devices: devices of the mesh, the first ``devices`` of ``jax.devices()`` (all processes'
+        devices in a multi-host run); 0: every device.
+      mesh: the mesh layout ``"data=8"`` or ``"data=4,model=2"`` (axis ``data`` splits the
+        batch, the persistent particles and the training set; axis ``model`` shards the wide
+        parameters, FSDP-style); ``None``: ``"data=<devices>"``. Its sizes multiply to
+        ``devices`` (when ``devices`` > 0).
+    """
+
+    SECTION = "devices"
+
+    devices: int = _field(1, resume=SAFE)
+    mesh: Optional[str] = _field(None, resume=SAFE)
+
+    def __post_init__(self):
+        self._int("devices", 0)
+        if self.mesh is None:
+            return
+        from ep_jax.distributed import parse_mesh
+
+        size = math.prod(parse_mesh(self.mesh, name="devices.mesh").values())
+        if self.devices and size != self.devices:
+            self._fail("mesh", f"axis sizes whose product is devices={self.devices} (this mesh "
+                               f"has {size} devices)")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "rule": RuleConfig, "optimizer": OptimizerConfig, "data": DataConfig,
-    "loop": LoopConfig,
+    "loop": LoopConfig, "devices": DevicesConfig,
 }
 
 # Flat field name -> its section; unique by construction (checked at import).
@@ -338,12 +372,12 @@ RESUME_SAFE: tuple[str, ...] = ("preset", "description") + tuple(
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """One training run: a preset's name and description plus five sections.
+    """One training run: a preset's name and description plus six sections.
 
     Attributes:
       preset: the preset this config came from (informational).
       description: one line saying what the preset reproduces.
-      model, rule, optimizer, data, loop: the sections (see each class).
+      model, rule, optimizer, data, loop, devices: the sections (see each class).
     """
 
     preset: str = "custom"
@@ -353,6 +387,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = DataConfig()
     loop: LoopConfig = LoopConfig()
+    devices: DevicesConfig = DevicesConfig()
 
     def __post_init__(self):
         for name, cls in SECTIONS.items():
