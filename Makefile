@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench gradcheck clean
+.PHONY: demo test bench gradcheck docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.suite --suite quick --json runs/bench/quick.json \
 		--markdown runs/bench/quick.md --plots-dir runs/bench/quick_plots --overwrite
 
+# The documentation site, offline, into site/ (open site/index.html); warnings are errors.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache site

@@ -49,8 +49,10 @@ def ep_gradient(
     """EP estimate of the gradient of mean_b C(s^0_b) with respect to ``params``.
 
     Args:
-      energy, params: the model.
-      x: clamped inputs ``(batch, n_in)``; ``target``: labels ``(batch,)`` or dense targets.
+      energy: the model's energy (``ep_jax.energies.Energy``).
+      params: its parameters.
+      x: clamped inputs ``(batch, n_in)``.
+      target: labels ``(batch,)`` or dense targets.
       state0: initial free state: ``"zeros"``, ``"feedforward"`` or a state (particles).
       phases: solvers, cost and beta.
       key: PRNG key, needed by ``variant="random-sign"``.
