@@ -1,4 +1,5 @@
-"""``ep-jax``: command-line entry point (``train``, ``eval``, ``credit``, ``gradcheck``, ``bench``)."""
+"""``ep-jax``: command-line entry point (``train``, ``eval``, ``credit``, ``presets``, ``gradcheck``,
+``bench``)."""
 
 from __future__ import annotations
 
@@ -33,18 +34,32 @@ def _add_gradcheck(sub):
             "unprojected; use them with --energy restricted_hopfield."
         ),
     )
-    p.add_argument("--energy", default="hopfield", choices=sorted(ENERGIES))
-    p.add_argument("--rule", default="ep-symmetric", choices=sorted(RULES))
-    p.add_argument("--beta", type=float, default=1e-3)
-    p.add_argument("--sizes", type=_sizes, default=(6, 5, 4, 3), help="e.g. 6,5,4,3")
-    p.add_argument("--activation", default="hard_sigmoid", choices=sorted(ACTIVATIONS))
-    p.add_argument("--batch", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cost", default="squared_error", choices=["squared_error", "cross_entropy"])
-    p.add_argument("--step-size", type=float, default=0.5)
-    p.add_argument("--tol", type=float, default=None, help="default 1e-12 (x64) or 1e-6 (float32)")
-    p.add_argument("--weight-scale", type=float, default=0.5)
-    p.add_argument("--x64", action="store_true", help="run in float64 (recommended)")
+    p.add_argument("--energy", default="hopfield", choices=sorted(ENERGIES), metavar="NAME",
+                   help="the energy of the random net (default: hopfield; allowed: "
+                   f"{', '.join(sorted(ENERGIES))})")
+    p.add_argument("--rule", default="ep-symmetric", choices=sorted(RULES), metavar="NAME",
+                   help=f"the rule checked (default: ep-symmetric; allowed: {', '.join(sorted(RULES))})")
+    p.add_argument("--beta", type=float, default=1e-3,
+                   help="nudging strength; the rule sets its sign (default: 1e-3)")
+    p.add_argument("--sizes", type=_sizes, default=(6, 5, 4, 3),
+                   help="layer sizes input,hidden...,output (default: 6,5,4,3)")
+    p.add_argument("--activation", default="hard_sigmoid", choices=sorted(ACTIVATIONS),
+                   help="rho of every layer (default: hard_sigmoid)")
+    p.add_argument("--batch", type=int, default=5, help="examples in the check (default: 5)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random net, inputs and labels (default: 0)")
+    p.add_argument("--cost", default="squared_error", choices=["squared_error", "cross_entropy"],
+                   help="the cost of the output (default: squared_error; allowed: squared_error, "
+                   "cross_entropy)")
+    p.add_argument("--step-size", type=float, default=0.5,
+                   help="epsilon of the gradient-descent relaxation (default: 0.5)")
+    p.add_argument("--tol", type=float, default=None, help="relaxation tolerance on the update norm "
+                   "(default: 1e-12 with --x64, 1e-6 in float32)")
+    p.add_argument("--weight-scale", type=float, default=0.5,
+                   help="Glorot-uniform kernels times this factor: keeps units out of saturation "
+                   "(default: 0.5)")
+    p.add_argument("--x64", action="store_true",
+                   help="run in float64 (recommended; default: float32)")
 
 
 def _gradcheck(args) -> int:
@@ -68,22 +83,97 @@ def _add_train(sub):
         description="Trains a preset; any config field can be overridden by its name (--beta 0.5 "
         "--hidden 500,500 --epochs 1); each flag sets one section.field of the nested config. The "
         "resolved config is printed and saved in --out with metrics.jsonl, summary.json, "
-        "checkpoints and plots. Presets: " + ", ".join(sorted(PRESETS)),
+        "checkpoints and plots; --config RUN/config.json reruns a saved run. Presets (ep-jax "
+        "presets describes each): " + ", ".join(sorted(PRESETS)),
     )
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), metavar="NAME",
+                   help=f"the preset to start from (default: {DEFAULT_PRESET}; allowed: "
+                   f"{', '.join(sorted(PRESETS))}; ep-jax presets describes each)")
+    p.add_argument("--config", default=None, metavar="RUN/config.json",
+                   help="start from a saved run's config.json instead of a preset (rerun it in a "
+                   "new --out; flags still override single fields; default: none)")
     p.add_argument("--out", default=None,
                    help="run directory: new, empty, or (with --resume) this run's; never "
                    "overwritten (default: a new runs/<preset>-<time>-<pid>)")
     p.add_argument("--data-dir", default=None,
                    help="offline dataset files (default $EP_JAX_DATA_DIR; see ep_jax.app.data)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
-    fields = p.add_argument_group("config fields (default: the preset's value)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out "
+                   "(default: off, a new run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary "
+                   "(default: off)")
+    fields = p.add_argument_group(
+        "config fields", f"Each sets one section.field; the default shown is the {DEFAULT_PRESET} "
+        "preset's (another --preset or a --config brings its own).")
     for name, section in FIELD_SECTION.items():
         parse, metavar = _field_parser(name)
         # SUPPRESS: only the flags given reach the namespace, so "--grad-clip none" is a value.
         fields.add_argument("--" + name.replace("_", "-"), dest=name, type=parse,
-                            default=argparse.SUPPRESS, metavar=metavar, help=f"{section}.{name}")
+                            default=argparse.SUPPRESS, metavar=metavar, help=field_help(name))
+
+
+def _attributes(doc: str) -> dict[str, str]:
+    """``{name: text}`` of a Google docstring's ``Attributes:`` entries (``a, b: text`` gives both)."""
+    entries: dict[str, str] = {}
+    names: list[str] = []
+    inside = False
+    for line in doc.splitlines():
+        if line.strip() == "Attributes:":
+            inside = True
+        elif inside and line and not line.startswith(" "):
+            break  # the next section
+        elif inside and line.strip():
+            head, sep, text = line.strip().partition(": ")
+            if line.startswith("  ") and not line.startswith("   ") and sep and all(
+                    n.isidentifier() for n in head.split(", ")):
+                names = head.split(", ")
+                for n in names:
+                    entries[n] = text
+            else:
+                for n in names:
+                    entries[n] += " " + line.strip()
+    return entries
+
+
+def _shown(value) -> str:
+    """A config value as the command line writes it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "(empty)"
+    return str(value)
+
+
+def field_help(name: str) -> str:
+    """``--help`` text of config field ``name``: its meaning (the ``Attributes:`` entry of its
+    section's docstring, the one place it is written), its section, its default (the default
+    preset's value), the allowed values (``config.choices``) and the model kinds that read it."""
+    import dataclasses
+    import inspect
+
+    from ep_jax.app.config import DEFAULT_PRESET, FIELD_SECTION, KINDS, SECTIONS, choices, get_preset
+
+    section = FIELD_SECTION[name]
+    cls = SECTIONS[section]
+    meaning = _attributes(inspect.getdoc(cls) or "").get(name, "").rstrip(".")
+    if not meaning:
+        raise ValueError(f"config field {section}.{name}: no entry in {cls.__name__}'s Attributes")
+    used_by = next(f for f in dataclasses.fields(cls) if f.name == name).metadata["used_by"]
+    default = get_preset(DEFAULT_PRESET).flat()[name]
+    allowed = {kind: choices(name, kind) for kind in used_by}
+    parts = [f"{section}.{name}", f"default: {_shown(default)}"]
+    if any(a is not None for a in allowed.values()):
+        lists = {kind: ", ".join(map(str, a)) for kind, a in allowed.items() if a is not None}
+        if len(set(lists.values())) == 1:
+            parts.append("allowed: " + next(iter(lists.values())))
+        else:
+            parts.append("allowed: " + "; ".join(f"{k}: {v}" for k, v in lists.items()))
+    if set(used_by) != set(KINDS):
+        parts.append("read by model.kind " + ", ".join(used_by))
+    meaning = meaning.replace("``", "").replace(" (see the module docstring)", "")
+    # argparse formats help with %: a literal percent sign must be doubled.
+    return (meaning + ". [" + "; ".join(parts) + "]").replace("%", "%%")
 
 
 def _field_parser(name: str):
@@ -128,12 +218,49 @@ def _optional_float(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or none, received {text!r}")
 
 
+def load_config(path: str):
+    """The ``TrainConfig`` of a run's ``config.json`` (what ``ep-jax train --config`` reads).
+
+    Raises:
+      FileNotFoundError: no such file (a run directory is accepted and its config.json read).
+      ValueError: the file is not JSON, or not a config (no section of one, unknown fields,
+        invalid values); the message names the file.
+    """
+    from pathlib import Path
+
+    from ep_jax.app.config import SECTIONS, TrainConfig
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file (expected a run's config.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config {path}: expected a config.json written by ep-jax train, "
+                         f"received a file that is not JSON ({err})") from None
+    if not isinstance(data, dict) or not set(SECTIONS) & set(data):
+        found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"--config {path}: expected a config.json written by ep-jax train (an "
+                         f"object with sections {sorted(SECTIONS)}), received {found}")
+    try:
+        return TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--config {path}: {err}") from None
+
+
 def _train(args) -> int:
-    from ep_jax.app.config import FIELD_SECTION, get_preset
+    from ep_jax.app.config import DEFAULT_PRESET, FIELD_SECTION, get_preset
     from ep_jax.app.train import new_run_dir, train
 
     overrides = {name: getattr(args, name) for name in FIELD_SECTION if hasattr(args, name)}
-    cfg = get_preset(args.preset).with_overrides(**overrides)
+    if args.config is not None and args.preset is not None:
+        raise ValueError(f"--config {args.config}: expected either --config or --preset, received "
+                         f"both (--preset {args.preset})")
+    base = load_config(args.config) if args.config is not None else get_preset(
+        args.preset or DEFAULT_PRESET)
+    cfg = base.with_overrides(**overrides)
     if args.resume and args.out is None:
         raise ValueError("--resume: expected --out, the run directory to continue")
     out = args.out or str(new_run_dir("runs", cfg.preset))
@@ -158,9 +285,13 @@ def _train(args) -> int:
 
 def _add_eval(sub):
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on its test split")
-    p.add_argument("--checkpoint", required=True, help="a run directory written by ep-jax train")
-    p.add_argument("--epoch", type=int, default=None, help="default: the latest checkpoint")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--checkpoint", required=True,
+                   help="a run directory written by ep-jax train (required, no default)")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="the epoch whose checkpoint is used (default: the latest checkpoint)")
+    p.add_argument("--data-dir", default=None,
+                   help="offline dataset files (default: $EP_JAX_DATA_DIR, else a source "
+                   "checkout's ../shared/data)")
 
 
 def _eval(args) -> int:
@@ -179,12 +310,17 @@ def _add_credit(sub):
         "dL/dh_l), rho (perturbation correlation), seed 004's displacement-based Gamma/rho and its "
         "naive state error, on the first --batch test examples (see ep_jax.credit).",
     )
-    p.add_argument("--checkpoint", required=True, help="a run directory written by ep-jax train")
-    p.add_argument("--epoch", type=int, default=None, help="default: the latest checkpoint")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch", type=int, default=None, help="default: the run's loop.credit_batch")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run directory written by ep-jax train (required, no default)")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="the epoch whose checkpoint is used (default: the latest checkpoint)")
+    p.add_argument("--data-dir", default=None,
+                   help="offline dataset files (default: $EP_JAX_DATA_DIR, else a source "
+                   "checkout's ../shared/data)")
+    p.add_argument("--batch", type=int, default=None, help="test examples scored (default: the run's loop.credit_batch)")
     p.add_argument("--random-targets", action="store_true",
-                   help="score the credit against uniform random labels (control)")
+                   help="score the credit against uniform random labels (control; default: "
+                   "off, the true labels)")
 
 
 def _credit(args) -> int:
@@ -192,6 +328,30 @@ def _credit(args) -> int:
 
     print(json.dumps(credit_checkpoint(args.checkpoint, data_dir=args.data_dir, epoch=args.epoch,
                                        batch=args.batch, random_targets=args.random_targets)))
+    return 0
+
+
+def _add_presets(sub):
+    p = sub.add_parser("presets", help="list the presets of ep-jax train with a one-line description",
+                       description="Lists every preset of ep-jax train (--preset NAME) with its "
+                       "one-line description; the full config: ep-jax train --preset NAME prints it.")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object {name: {description, kind, rule, dataset}} instead "
+                   "of a table (default: a table)")
+
+
+def _presets(args) -> int:
+    from ep_jax.app.config import DEFAULT_PRESET, PRESETS
+
+    if args.json:
+        print(json.dumps({name: {"description": cfg.description, "kind": cfg.model.kind,
+                                 "rule": cfg.rule.rule, "dataset": cfg.data.dataset}
+                          for name, cfg in sorted(PRESETS.items())}, indent=2))
+        return 0
+    width = max(map(len, PRESETS))
+    for name, cfg in sorted(PRESETS.items()):
+        mark = " (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name:<{width}}  {cfg.description}{mark}")
     return 0
 
 
@@ -220,6 +380,7 @@ def main(argv=None) -> int:
     _add_train(sub)
     _add_eval(sub)
     _add_credit(sub)
+    _add_presets(sub)
     _add_bench(sub)
     args = parser.parse_args(argv)
     from ep_jax.app.checkpoint import CheckpointError
@@ -227,7 +388,8 @@ def main(argv=None) -> int:
     from ep_jax.solvers import RelaxationError
 
     try:
-        commands = {"gradcheck": _gradcheck, "train": _train, "eval": _eval, "credit": _credit}
+        commands = {"gradcheck": _gradcheck, "train": _train, "eval": _eval, "credit": _credit,
+                    "presets": _presets}
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, CheckpointError, RelaxationError, FloatingPointError,
             RunDirError, DivergenceError) as err:
