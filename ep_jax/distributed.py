@@ -27,6 +27,7 @@ the blocks of its own devices (``shard_rows``) and all processes run the same pr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any, Callable, Optional
@@ -301,9 +302,8 @@ class DataParallel:
         return state_shardings(state, self.mesh)
 
     def init(self, key: jax.Array, n_train: int) -> Any:
-        abstract = jax.eval_shape(self.inner.init, key, n_train)
-        return jax.jit(self.inner.init, static_argnums=1,
-                       out_shardings=self.shardings(abstract))(key, n_train)
+        init = functools.partial(_init, self.inner, n_train=n_train)
+        return jax.jit(init, out_shardings=self.shardings(jax.eval_shape(init, key)))(key)
 
     def train_step(self, state, x, y, idx, key):
         state, metrics = self.inner.train_step(state, x, y, idx, key)
@@ -318,3 +318,8 @@ class DataParallel:
 
     def diagnostics(self, state, x, y, key):
         return self.inner.diagnostics(state, x, y, key)
+
+
+def _init(learner, key, *, n_train):
+    return learner.init(key, n_train)
+

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from ep_jax.costs import apply_cost, classification_error, logits, prepare_target
+from ep_jax.distributed import LocalRows
 from ep_jax.energies.base import Energy
 from ep_jax.preprocess import Preprocess
 from ep_jax.rules import Phases, get_rule
@@ -74,6 +75,9 @@ class EPLearner:
       preprocess: the on-device input pipeline (``None``: inputs as given).
       diagnostics_fn: ``f(params, x, y, key) -> report`` run at every evaluation (e.g. the
         credit report of ``ep_jax.credit``), or ``None``.
+      rows: how the particles' rows are read and written (``take``/``put``):
+        ``ep_jax.distributed.LocalRows`` (plain indexing), or ``ShardedRows`` (set by
+        ``ep_jax.distributed.DataParallel``: each device indexes its own block of particles).
     """
 
     energy: Energy
@@ -85,6 +89,7 @@ class EPLearner:
     state_init: str = "zeros"
     preprocess: Optional[Preprocess] = None
     diagnostics_fn: Optional[Callable] = None
+    rows: Any = LocalRows()
 
     def __post_init__(self):
         self.rule_fn  # fail early on unknown names
@@ -129,7 +134,7 @@ class EPLearner:
         if self.preprocess is not None:
             x, y = self.preprocess.train(x, y, key)
         if self.persistent:
-            state0 = jax.tree.map(lambda p: p[idx], state.particles)
+            state0 = jax.tree.map(lambda p: self.rows.take(p, idx), state.particles)
         else:
             state0 = self.state_init
         grads, res = self.rule_fn(
@@ -139,7 +144,8 @@ class EPLearner:
         params = optax.apply_updates(state.params, updates)
         particles = state.particles
         if self.persistent:
-            particles = jax.tree.map(lambda p, s: p.at[idx].set(s), particles, res.free_state)
+            particles = jax.tree.map(lambda p, s: self.rows.put(p, idx, s), particles,
+                                     res.free_state)
         out = self.energy.output(res.free_state)
         metrics = self._metrics(state.params, out, y, res.free_stats)
         dtype = self.energy.param_dtype(state.params)

@@ -18,6 +18,12 @@ same fingerprint (``TrainConfig.fingerprint``: every field that changes what the
 that every array has the shape and dtype the current run expects, and every array's digest; all
 failures are ``CheckpointError`` naming the checkpoint and the field or leaf, with orbax's own
 exception (if any) as ``__cause__``.
+
+Sharded runs (``ep_jax.distributed``): orbax writes each array's shards from the devices (and
+processes) that hold them; the digests are of the whole arrays, so they do not depend on the
+layout, and ``restore`` places every array with the sharding of ``like``'s leaf: a checkpoint of
+8 devices restores onto 4, 1, or another mesh. In a multi-process run every process calls
+``save`` and ``restore``; process 0 alone writes ``digests.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ep_jax.app.config import TrainConfig
+from ep_jax.distributed import host_value
 
 # Checkpoints kept besides the best one.
 KEEP_LAST = 2
@@ -86,7 +93,7 @@ def _file_digests(step: Path) -> dict[str, str]:
 def _digests(tree: Any) -> dict[str, dict]:
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        a = np.asarray(jax.device_get(leaf))
+        a = host_value(leaf)
         h = hashlib.sha256(np.ascontiguousarray(a).tobytes())
         h.update(f"{a.shape}{a.dtype.str}".encode())
         out[jax.tree_util.keystr(path)] = {"shape": list(a.shape), "dtype": str(a.dtype),
@@ -123,9 +130,20 @@ def save(run_dir: Path, epoch: int, tree: Any, *, keep: int = KEEP_LAST,
     finally:
         absl.removeFilter(_no_ocdbt_merge_warning)
     step = _step_dir(run_dir, epoch)
-    digests = {"arrays": _digests(tree), "files": _file_digests(step)}
-    write_atomic(step / DIGESTS, json.dumps(digests, indent=1) + "\n")
+    arrays = _digests(tree)  # every process takes part in the gathers of sharded arrays
+    if jax.process_index() == 0:
+        digests = {"arrays": arrays, "files": _file_digests(step)}
+        write_atomic(step / DIGESTS, json.dumps(digests, indent=1) + "\n")
+    _sync("ep_jax_checkpoint_digests")
     _prune(run_dir, keep, best)
+
+
+def _sync(name: str) -> None:
+    """A barrier of all processes (nothing in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _prune(run_dir: Path, keep: int, best: Optional[int]) -> None:
@@ -261,7 +279,11 @@ def restore(run_dir: Path, epoch: int, like: Any) -> Any:
         )
     digests = _read_digests(step)
     arrays = digests["arrays"]
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), like)
+    # Each array is restored with the sharding of like's leaf (a host value: the first device),
+    # never the saved one: a checkpoint of any mesh restores onto any device count.
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        jnp.shape(a), jnp.result_type(a), sharding=getattr(a, "sharding", default)), like)
     # Shapes first, from the digests: a mismatch names the leaf instead of surfacing orbax's error.
     for path, want in jax.tree_util.tree_leaves_with_path(abstract):
         name = jax.tree_util.keystr(path)

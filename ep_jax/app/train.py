@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import itertools
 import json
 import math
@@ -45,9 +46,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ep_jax import distributed
 from ep_jax.app import checkpoint
 from ep_jax.app.build import build_learner
-from ep_jax.app.config import LAYERED, MLP, RESIDUAL, TrainConfig
+from ep_jax.app.config import CONV, LAYERED, MLP, RESIDUAL, TrainConfig
 from ep_jax.app.data import Dataset, load_dataset, outside_unit_fraction, validate
 
 # Networks with at most this many units get a network-graph plot.
@@ -173,16 +175,31 @@ def chunk_layout(n_batches: int, log_every: int) -> tuple[int, int]:
     return length, math.ceil(n_batches / length)
 
 
-def make_epoch_fns(learner, n_train: int, batch_size: int, log_every: int):
-    """Jitted ``batches(data_key, epoch)`` and ``run_chunk(ts, X, Y, idx, valid, step_key)``."""
+def make_epoch_fns(learner, n_train: int, batch_size: int, log_every: int, mesh=None,
+                   shards: Optional[int] = None):
+    """Jitted ``batches(data_key, epoch)`` and ``run_chunk(ts, X, Y, idx, valid, step_key)``.
+
+    With a ``mesh`` (``learner`` a ``distributed.DataParallel``; ``X``, ``Y`` split by rows over
+    its ``data`` axis), each device gathers its part of every batch from its own block of the
+    training set. ``shards`` (default: the mesh's data-axis size, 1 without a mesh) is the block
+    structure of the batch order (``distributed.batch_order``): a single-device run with
+    ``shards=D`` trains on the batches of a D-device run.
+    """
     n_batches = n_train // batch_size
     length, n_chunks = chunk_layout(n_batches, log_every)
     pad = length * n_chunks - n_batches
+    shards = distributed.data_size(mesh) if shards is None else shards
+    rows = distributed.LocalRows() if mesh is None else distributed.ShardedRows(mesh)
+    out = None
+    if mesh is not None:
+        out = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None,
+                                                                          distributed.DATA)),
+               distributed.replicated(mesh))
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=out)
     def batches(data_key, epoch):
-        perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)
-        idx = perm[: n_batches * batch_size].reshape(n_batches, batch_size).astype(jnp.int32)
+        idx = distributed.batch_order(jax.random.fold_in(data_key, epoch), n_train, batch_size,
+                                      shards)
         idx = jnp.concatenate([idx, jnp.zeros((pad, batch_size), jnp.int32)])
         valid = jnp.arange(n_batches + pad) < n_batches
         return idx.reshape(n_chunks, length, batch_size), valid.reshape(n_chunks, length)
@@ -194,7 +211,7 @@ def make_epoch_fns(learner, n_train: int, batch_size: int, log_every: int):
 
             def do(ls):
                 key = jax.random.fold_in(step_key, step)
-                return learner.train_step(ls, X[idx], Y[idx], idx, key)
+                return learner.train_step(ls, rows.take(X, idx), rows.take(Y, idx), idx, key)
 
             def skip(ls):
                 return ls, jax.tree.map(jnp.zeros_like, jax.eval_shape(do, ls)[1])
@@ -204,7 +221,10 @@ def make_epoch_fns(learner, n_train: int, batch_size: int, log_every: int):
             return (ls, step + ok.astype(step.dtype)), metrics
 
         (ls, step), metrics = jax.lax.scan(body, (ls, step), (idx_chunk, valid))
-        return ls, step, jax.tree.map(jnp.sum, metrics)
+        sums = jax.tree.map(jnp.sum, metrics)
+        if mesh is not None:  # every process reads the sums: replicate them
+            sums = jax.lax.with_sharding_constraint(sums, distributed.replicated(mesh))
+        return ls, step, sums
 
     return batches, jax.jit(run_chunk, donate_argnums=(0,)), n_batches, length, n_chunks
 
@@ -225,11 +245,29 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
     return [r for r in rows if r["epoch"] <= upto_epoch]
 
 
-class Run:
-    """A training run: data, learner, jitted functions and output directory."""
+def run_mesh(cfg: TrainConfig):
+    """The mesh of ``cfg.devices`` (``None``: one device, one process, the plain path)."""
+    dev = cfg.devices
+    if dev.devices == 1 and dev.mesh is None and jax.process_count() == 1:
+        return None
+    n = dev.devices or None
+    if n is None and dev.mesh is not None:
+        n = math.prod(distributed.parse_mesh(dev.mesh).values())
+    return distributed.make_mesh(n, dev.mesh)
 
-    def __init__(self, cfg: TrainConfig, data: Optional[Dataset] = None, data_dir=None):
+
+class Run:
+    """A training run: data, learner, jitted functions and output directory.
+
+    ``batch_shards`` (default: the mesh's data-axis size) sets the block structure of the batch
+    order (``distributed.batch_order``): one device with ``batch_shards=D`` trains on the same
+    batches as D devices (the reference of the distributed tests).
+    """
+
+    def __init__(self, cfg: TrainConfig, data: Optional[Dataset] = None, data_dir=None, *,
+                 batch_shards: Optional[int] = None):
         self.cfg = cfg
+        self.mesh = mesh = run_mesh(cfg)
         self.data = data if data is not None else load_dataset(cfg.data.dataset, data_dir)
         d = self.data
         validate(d)
@@ -248,27 +286,58 @@ class Run:
                 f"data.batch_size: expected <= the {self.n_train} training examples of "
                 f"{cfg.data.dataset!r}, received {batch_size}"
             )
-        self.X, self.Y = jnp.asarray(d.x_train), jnp.asarray(d.y_train, jnp.int32)
-        self.Xt, self.Yt = jnp.asarray(d.x_test), jnp.asarray(d.y_test, jnp.int32)
+        y_train, y_test = d.y_train.astype(np.int32), d.y_test.astype(np.int32)
+        if mesh is None:
+            self.X, self.Y = jnp.asarray(d.x_train), jnp.asarray(y_train)
+            self.Xt, self.Yt = jnp.asarray(d.x_test), jnp.asarray(y_test)
+        else:
+            distributed.check_divisible(self.n_train, batch_size, mesh)
+            # Each process materialises only its devices' blocks of the training set.
+            self.X, self.Y = (distributed.shard_rows(a, mesh) for a in (d.x_train, y_train))
+            n_test = d.x_test.shape[0]
+            test = (distributed.rows_sharding(mesh) if n_test % distributed.data_size(mesh) == 0
+                    else distributed.replicated(mesh))
+            self.Xt, self.Yt = distributed.put((np.asarray(d.x_test), y_test), (test, test))
         n_batches = self.n_train // batch_size
         self.sizes = layer_sizes(cfg, d.x_train.shape[1], d.num_classes)
         self.learner = build_learner(cfg, d.x_train.shape[1], d.num_classes,
                                      cfg.loop.epochs * n_batches, d.image_shape)
+        if mesh is not None:
+            self.learner = distributed.DataParallel(self.learner, mesh)
         (self.batches, self.run_chunk, self.n_batches, self.chunk_len,
          self.n_chunks) = make_epoch_fns(
-            self.learner, self.n_train, batch_size, cfg.loop.log_every
+            self.learner, self.n_train, batch_size, cfg.loop.log_every, mesh, batch_shards
         )
-        self.evaluate = jax.jit(self.learner.evaluate)
+        out = None if mesh is None else distributed.replicated(mesh)
+        self.evaluate = jax.jit(self.learner.evaluate, out_shardings=out)
         root = jax.random.PRNGKey(cfg.loop.seed)
-        self.init_key, self.step_key, self.data_key = jax.random.split(root, 3)
+        keys = jax.random.split(root, 3)
+        self.init_key, self.step_key, self.data_key = (self._replicate(k) for k in keys)
         self.diagnostics = None
         if getattr(self.learner, "diagnostics_fn", None) is not None:
             self.diagnostics = jax.jit(self.learner.diagnostics)
 
+    def _replicate(self, tree):
+        """``tree`` on every device of the mesh (unchanged without one)."""
+        if self.mesh is None:
+            return tree
+        r = distributed.replicated(self.mesh)
+        return distributed.put(tree, jax.tree.map(lambda _: r, tree))
+
+    def devices_record(self) -> dict:
+        """The devices this run trains on (summary.json, provenance.jsonl)."""
+        devs = jax.devices() if self.mesh is None else list(self.mesh.devices.flat)
+        devs = devs[:1] if self.mesh is None else devs
+        return {"count": len(devs), "kind": _device_name(), "processes": jax.process_count(),
+                "mesh": None if self.mesh is None else dict(self.mesh.shape)}
+
     def init_state(self) -> TrainState:
         # One compiled init instead of a compile per eager initializer op (~1 s for 784-500-10).
-        ls = jax.jit(self.learner.init, static_argnums=1)(self.init_key, self.n_train)
-        zero = jnp.zeros((), jnp.int32)
+        if self.mesh is None:
+            ls = jax.jit(self.learner.init, static_argnums=1)(self.init_key, self.n_train)
+        else:
+            ls = self.learner.init(self.init_key, self.n_train)  # jitted, placed by its shardings
+        zero = self._replicate(jnp.zeros((), jnp.int32))
         return TrainState(ls, self.step_key, zero, zero)
 
     def train_epoch(self, ts: TrainState, on_chunk=None) -> tuple[TrainState, dict]:
@@ -288,7 +357,7 @@ class Run:
 
     def _nonfinite_message(self, ls, epoch: int, bad: list[str]) -> str:
         """The likely causes of non-finite metrics, in order, with what the host can check."""
-        params = jax.device_get(self.learner.params(ls))
+        params = jax.tree.map(distributed.host_value, self.learner.params(ls))
         leaves = [jax.tree_util.keystr(p) for p, a in jax.tree_util.tree_leaves_with_path(params)
                   if not np.all(np.isfinite(a))]
         rule = self.cfg.rule
@@ -338,6 +407,7 @@ def train(
     quiet: bool = False,
     data: Optional[Dataset] = None,
     plots: bool = True,
+    batch_shards: Optional[int] = None,
 ) -> dict:
     """Trains ``cfg``, writing config.json, metrics.jsonl, checkpoints, plots and summary.json.
 
@@ -357,6 +427,12 @@ def train(
       quiet: no progress bar and no per-epoch lines (divergence flags are still printed).
       data: a ``Dataset`` to use instead of loading ``cfg.data.dataset``.
       plots: write the PNG plots at the end.
+      batch_shards: the block structure of the batch order (default: the mesh's data-axis
+        size; see ``Run``).
+
+    In a multi-process run (``ep_jax.distributed.initialize``) every process calls ``train``
+    with the same arguments; process 0 alone prints and writes the run directory's files, all
+    write their shares of the checkpoints.
 
     Returns:
       The summary dict (also ``summary.json``): final/best test error (fractions), epochs,
@@ -367,10 +443,13 @@ def train(
       FloatingPointError: non-finite training metrics (the message lists likely causes).
       DivergenceError: a flagged epoch under ``loop.on_divergence="stop"``.
     """
-    kw = dict(data_dir=data_dir, resume=resume, quiet=quiet, data=data, plots=plots)
+    kw = dict(data_dir=data_dir, resume=resume, quiet=quiet, data=data, plots=plots,
+              batch_shards=batch_shards)
     if out_dir is None:
         return _train(cfg, None, **kw)
     out = Path(out_dir)
+    if jax.process_index() != 0:  # process 0 checks and locks the directory for all
+        return _train(cfg, out, **kw)
     _check_run_dir(out, resume)  # before creating anything in a foreign directory
     out.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(out):
@@ -378,13 +457,22 @@ def train(
         return _train(cfg, out, **kw)
 
 
-def _train(cfg: TrainConfig, out: Optional[Path], *, data_dir, resume, quiet, data, plots) -> dict:
+def _train(cfg: TrainConfig, out: Optional[Path], *, data_dir, resume, quiet, data, plots,
+           batch_shards) -> dict:
     t_start = time.perf_counter()
-    run = Run(cfg, data=data, data_dir=data_dir)
+    run = Run(cfg, data=data, data_dir=data_dir, batch_shards=batch_shards)
+    lead = jax.process_index() == 0  # the one process that prints and writes files
+    quiet = quiet or not lead
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     ts = run.init_state()
     rows: list[dict] = []
-    if out is not None:
+    if out is not None and not lead:  # the other processes restore and save checkpoints only
+        if resume:
+            epoch = checkpoint.latest_epoch(out)
+            checkpoint.check_config(out, cfg)
+            ts = checkpoint.restore(out, epoch, ts)
+            rows = _read_metrics(out / "metrics.jsonl", epoch)
+    elif out is not None:
         if resume:
             epoch = checkpoint.latest_epoch(out)
             if epoch is None:
@@ -398,6 +486,7 @@ def _train(cfg: TrainConfig, out: Optional[Path], *, data_dir, resume, quiet, da
                 "resumed_from_epoch": epoch,
                 # Fingerprinted fields were refused above: what changed is RESUME_SAFE.
                 "changed": checkpoint.config_changes(before, cfg),
+                "devices": run.devices_record(),
                 "ep_jax": _version(), "host": socket.gethostname(), "pid": os.getpid(),
             }
             path = out / checkpoint.PROVENANCE
@@ -461,7 +550,8 @@ def _train(cfg: TrainConfig, out: Optional[Path], *, data_dir, resume, quiet, da
                 if every and (epoch % every == 0 or epoch == epochs or new_best):
                     best = _best(rows)
                     checkpoint.save(out, epoch, ts, best=best and best["epoch"])
-                _append_line(out / "metrics.jsonl", row)
+                if lead:
+                    _append_line(out / "metrics.jsonl", row)
             if bar is not None:
                 test = row.get("test_error")
                 bar.write(
@@ -501,12 +591,13 @@ def _train(cfg: TrainConfig, out: Optional[Path], *, data_dir, resume, quiet, da
         "train_wall_s": train_wall,
         "samples_per_s": samples / run_wall if samples else None,
         "device": _device_name(),
+        "devices": run.devices_record(),
         "jax": jax.__version__,
         "resumed_from_epoch": start_epoch if resume else None,
     }
     if run.diagnostics is not None:
         summary["credit"] = next((r["credit"] for r in reversed(rows) if "credit" in r), None)
-    if out is not None:
+    if out is not None and lead:
         if plots:
             summary["plots"] = [str(p) for p in write_plots(run, ts, rows, out)]
         checkpoint.write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -526,10 +617,12 @@ def _version() -> str:
 
 
 def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[Path]:
-    """curves.png (energy, cost, error), weights.png (first-layer tiles), network.png (small nets)."""
+    """curves.png (energy, cost, error), weights.png (first-layer tiles: the change from
+    initialisation), relaxation.png (EP nets: the evaluation relaxation step by step),
+    network.png (small nets)."""
     from ep_jax.app import plots
 
-    params = jax.device_get(run.learner.params(ts.learner))
+    params = jax.tree.map(distributed.host_value, run.learner.params(ts.learner))
     kind = run.cfg.model.kind
     paths = [plots.plot_curves(rows, out / "curves.png", title=run.cfg.preset)]
     shape = run.data.image_shape
@@ -538,9 +631,20 @@ def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[P
     if shape is not None:
         first = "embed" if kind == RESIDUAL else "layer_0"
         kernel = np.asarray(params[first]["kernel"])
-        paths.append(plots.plot_weight_tiles(kernel, shape, out / "weights.png",
-                                             title=f"{run.cfg.preset}: first-layer weights"))
-    if kind != RESIDUAL and sum(run.sizes) <= MAX_GRAPH_UNITS:
+        # The initial weights are a function of the seed: re-initialise to show what training changed.
+        initial = np.asarray(distributed.host_value(run.learner.params(run.init_state().learner)[first]["kernel"]))
+        if kind == CONV:  # HWIO filters (k, k, C_in, C_out): one k x k x C_in tile per channel
+            shape, kernel = kernel.shape[:3], kernel.reshape(-1, kernel.shape[-1])
+            initial = initial.reshape(kernel.shape)
+        paths.append(plots.plot_weight_tiles(kernel, shape, out / "weights.png", initial=initial,
+                                             title=f"{run.cfg.preset}: first-layer weights, change from init"))
+    if kind not in (MLP, RESIDUAL):  # EP nets: the last evaluation's relaxation, step by step
+        solver = run.learner.eval_solver
+        trace = plots.relaxation_trace(run.learner.energy, params, run.Xt[:16], solver,
+                                       state0=run.learner.state_init)
+        paths.append(plots.plot_relaxation(trace, out / "relaxation.png", tol=solver.tol,
+                                           title=f"{run.cfg.preset}: evaluation relaxation, 16 test examples"))
+    if kind not in (RESIDUAL, CONV) and sum(run.sizes) <= MAX_GRAPH_UNITS:
         acts = None
         if kind == LAYERED:  # the state an EP net settles to; an MLP's graph shows weights only
             x0 = run.Xt[:1]
