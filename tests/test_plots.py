@@ -7,7 +7,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from ep_jax.app.plots import layer_sizes, plot_curves, plot_network, plot_weight_tiles
+from ep_jax.app import plots
+from ep_jax.app.plots import (
+    layer_sizes,
+    plot_credit,
+    plot_curves,
+    plot_network,
+    plot_relaxation,
+    plot_weight_tiles,
+    relaxation_trace,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -38,6 +47,48 @@ def no_open_figures():
     before = set(plt.get_fignums())
     yield
     assert set(plt.get_fignums()) == before, "a plot function left a pyplot figure open"
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """What each plot drew, read from its Figure just before it is saved and cleared: the title,
+    each axes' title, labels and x ticks within view, colour-bar labels and image data."""
+    seen = []
+    save = plots._save
+
+    def capture(fig, path, dpi=100):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig).draw()
+        axes = []
+        for ax in fig.axes:
+            lo, hi = sorted(ax.get_xlim())
+            axes.append({
+                "title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+                "xticks": [t for t in ax.get_xticks() if lo <= t <= hi],
+                "colorbar": ax.get_label() == "<colorbar>",
+                "images": [np.ma.filled(im.get_array().astype(float), np.nan) for im in ax.images],
+                "clim": [im.get_clim() for im in ax.images],
+                "lines": [l.get_ydata() for l in ax.lines],
+            })
+        seen.append({"suptitle": fig._suptitle.get_text() if fig._suptitle else "", "axes": axes})
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    return seen
+
+
+def assert_readable(fig, panels_need_ylabel=True):
+    """A title, and every data panel with a title and labelled axes."""
+    assert fig["suptitle"].strip()
+    for ax in fig["axes"]:
+        if ax["colorbar"]:
+            assert ax["ylabel"].strip() or ax["xlabel"].strip(), "colour bar without a label"
+            continue
+        assert ax["title"].strip() or ax["xlabel"].strip()
+        assert ax["xlabel"].strip(), ax
+        if panels_need_ylabel:
+            assert ax["ylabel"].strip(), ax
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,3 +250,137 @@ def test_plot_network_errors(tmp_path, rng):
         plot_network(params, tmp_path / "x.png", activations=[np.zeros(2), np.zeros(8)])
     with pytest.raises(ValueError, match=r"activations\[1\].*8 values"):
         plot_network(params, tmp_path / "x.png", activations=[np.zeros(2), np.zeros(7), np.zeros(2)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Readability: titles, labels, units, integer epoch axes
+
+
+@pytest.mark.parametrize("n_epochs", [1, 3, 12])
+def test_curves_have_titles_labels_and_integer_epoch_ticks(tmp_path, figures, n_epochs):
+    plot_curves(ep_metrics(n_epochs), tmp_path / "c.png")
+    (fig,) = figures
+    assert_readable(fig)
+    assert any("%" in ax["ylabel"] for ax in fig["axes"])  # the error's unit
+    for ax in fig["axes"]:
+        assert ax["xticks"] and all(float(t).is_integer() for t in ax["xticks"]), ax["xticks"]
+
+
+@pytest.mark.parametrize("n_epochs", [1, 4])
+def test_credit_epoch_axis_is_integer_even_for_one_epoch(tmp_path, figures, n_epochs):
+    rows = [{"epoch": e, "credit": {"gamma_per_layer": [0.9, 0.8], "gamma_batch_per_layer": [0.95, 0.9],
+                                    "rho_per_layer": [0.7, 0.6]}} for e in range(1, n_epochs + 1)]
+    plot_credit({"run": rows}, tmp_path / "credit.png")
+    (fig,) = figures
+    assert_readable(fig)
+    for ax in fig["axes"]:
+        assert ax["xticks"] and all(float(t).is_integer() for t in ax["xticks"]), ax["xticks"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: the change from initialisation on one shared, symmetric, labelled scale
+
+
+def test_weight_tiles_show_the_change_from_init_on_one_shared_scale(tmp_path, rng, figures):
+    init = rng.normal(size=(64, 4))
+    delta = np.zeros((64, 4))
+    delta[:, 0] = 0.5 * rng.normal(size=64)  # a unit that learned a lot
+    delta[:, 1] = 0.01 * rng.normal(size=64)  # one that barely moved: must look faint, not rescaled
+    assert_png(plot_weight_tiles(init + delta, (8, 8), tmp_path / "w.png", initial=init))
+    (fig,) = figures
+    image_ax = next(ax for ax in fig["axes"] if ax["images"] and not ax["colorbar"])
+    mosaic, (lo, hi) = image_ax["images"][0], image_ax["clim"][0]
+    assert -lo == hi == pytest.approx(np.abs(delta).max())  # symmetric, shared, the largest change
+    tile = lambda j: mosaic[1:9, 1 + 9 * j: 9 + 9 * j]  # noqa: E731
+    np.testing.assert_allclose(tile(0), delta[:, 0].reshape(8, 8), atol=1e-12)
+    np.testing.assert_allclose(tile(1), delta[:, 1].reshape(8, 8), atol=1e-12)  # not stretched
+    np.testing.assert_allclose(tile(2), 0.0, atol=1e-12)
+    bars = [ax for ax in fig["axes"] if ax["colorbar"]]
+    assert len(bars) == 1 and "change from initialisation" in bars[0]["ylabel"]
+    assert "change from initialisation" in fig["suptitle"]
+
+
+def test_weight_tiles_without_init_label_the_weights_and_reject_a_wrong_init(tmp_path, rng, figures):
+    kernel = rng.normal(size=(64, 3))
+    plot_weight_tiles(kernel, (8, 8), tmp_path / "w.png")
+    bar = next(ax for ax in figures[0]["axes"] if ax["colorbar"])
+    assert "weight" in bar["ylabel"] and "change" not in bar["ylabel"]
+    with pytest.raises(ValueError, match=r"initial: expected the kernel's shape \(64, 3\), received \(64, 2\)"):
+        plot_weight_tiles(kernel, (8, 8), tmp_path / "bad.png", initial=kernel[:, :2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Relaxation
+
+
+def small_net(beta_tol=1e-4, steps=80):
+    import jax
+
+    import ep_jax as ep
+
+    energy = ep.hopfield((12, 10, 3))
+    params = energy.init_params(jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, 12), dtype=jax.numpy.float32)
+    return ep, energy, params, x, ep.GradientDescent(0.5, steps, tol=beta_tol, project="clip01")
+
+
+def test_relaxation_trace_is_the_relaxation_relax_runs():
+    ep, energy, params, x, solver = small_net()
+    trace = relaxation_trace(energy, params, x, solver)
+    assert trace.shape == (solver.max_steps, 6)
+    _, stats = ep.relax(energy, params, x, energy.zeros_state(x), solver=solver)
+    # relax stops at the first step whose largest per-example update is within the tolerance.
+    first = int(np.argmax(trace.max(axis=1) <= solver.tol)) + 1
+    assert bool(stats.converged) and int(stats.steps) == first
+    np.testing.assert_allclose(trace[first - 1].max(), float(stats.residual), rtol=1e-5)
+    # Without a tolerance, the last residual of a fixed-step run.
+    fixed = solver._replace(tol=None, max_steps=7)
+    _, stats = ep.relax(energy, params, x, energy.zeros_state(x), solver=fixed)
+    np.testing.assert_allclose(relaxation_trace(energy, params, x, fixed)[-1].max(),
+                               float(stats.residual), rtol=1e-5)
+    with pytest.raises(ValueError, match="steps: expected >= 1, received 0"):
+        relaxation_trace(energy, params, x, solver, steps=0)
+
+
+def test_plot_relaxation_draws_residuals_and_converged_fraction(tmp_path, figures):
+    residuals = np.array([[1.0, 1.0], [1e-2, 1e-5], [1e-5, 0.0]])  # a zero: an exact fixed point
+    assert_png(plot_relaxation(residuals, tmp_path / "r.png", tol=1e-4, title="relax"))
+    (fig,) = figures
+    assert_readable(fig)
+    left, right = fig["axes"]
+    np.testing.assert_allclose(right["lines"][0], [0.0, 50.0, 100.0])  # % converged per step
+    for ax in (left, right):
+        assert all(float(t).is_integer() for t in ax["xticks"])
+    assert_png(plot_relaxation(residuals, tmp_path / "no_tol.png"))  # quantiles instead
+    assert_readable(figures[1])
+    with pytest.raises(ValueError, match=r"residuals: expected \(steps, batch\).*\(3,\)"):
+        plot_relaxation(np.ones(3), tmp_path / "bad.png")
+
+
+def test_a_training_run_writes_weight_change_and_relaxation_plots(tmp_path, monkeypatch):
+    from ep_jax.app.config import TrainConfig
+    from ep_jax.app.data import Dataset
+    from ep_jax.app.train import train
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 40).astype(np.int32)
+    x = np.clip(rng.uniform(0.1, 0.9, (3, 12))[y] + 0.05 * rng.normal(size=(40, 12)), 0, 1)
+    data = Dataset(x[:30].astype(np.float32), y[:30], x[30:].astype(np.float32), y[30:], "blobs",
+                   (4, 3), 3)
+    seen = {}
+    original = plots.plot_weight_tiles
+
+    def spy(kernel, image_shape, path, **kw):
+        seen.update(kernel=np.asarray(kernel), initial=kw.get("initial"))
+        return original(kernel, image_shape, path, **kw)
+
+    monkeypatch.setattr(plots, "plot_weight_tiles", spy)
+    cfg = TrainConfig().with_overrides(preset="tiny", dataset="blobs", hidden=(5,), epochs=1,
+                                       batch_size=10, free_steps=5, nudged_steps=2,
+                                       eval_max_steps=20, checkpoint_every=0)
+    summary = train(cfg, data=data, out_dir=tmp_path / "run", quiet=True)
+    names = {p.rsplit("/", 1)[-1] for p in summary["plots"]}
+    assert {"curves.png", "weights.png", "relaxation.png"} <= names
+    assert seen["initial"] is not None and seen["initial"].shape == seen["kernel"].shape
+    assert not np.array_equal(seen["initial"], seen["kernel"])  # training moved the weights
+    assert_png(tmp_path / "run" / "relaxation.png")

@@ -1,10 +1,15 @@
 """PNG plots a training run leaves in its output directory.
 
-Three pictures, after the diagnostics of the seed notebook (000):
+Pictures after the diagnostics of the seed notebook (000), each with a title, labelled axes and
+units, epochs on integer ticks:
 
 * :func:`plot_curves`: energy, cost and error (%) per epoch, train and test, from the rows of a
   ``metrics.jsonl``;
-* :func:`plot_weight_tiles`: first-layer receptive fields as image tiles (MNIST, digits, CIFAR);
+* :func:`plot_weight_tiles`: first-layer receptive fields as image tiles (MNIST, digits, CIFAR),
+  as the change from the initial weights when those are given, on one shared, symmetric,
+  labelled colour scale;
+* :func:`plot_relaxation`: a relaxation step by step (:func:`relaxation_trace`): each example's
+  residual (update norm) against the step and the fraction of examples converged;
 * :func:`plot_credit`: residual EP's credit diagnostics Gamma_l and rho_l per epoch
   (``ep_jax.credit``), for one run or several (e.g. a run and its random-targets control);
 * :func:`plot_network`: a small net (XOR 2-8-2, 2-4-1) as a graph: edges coloured by the sign
@@ -35,7 +40,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["layer_sizes", "plot_credit", "plot_curves", "plot_network", "plot_weight_tiles"]
+__all__ = [
+    "layer_sizes", "plot_credit", "plot_curves", "plot_network", "plot_relaxation",
+    "plot_weight_tiles", "relaxation_trace",
+]
 
 PathLike = str | os.PathLike
 
@@ -150,17 +158,20 @@ def plot_curves(
         skipped; a quantity absent from every row (e.g. energy for a backprop run) leaves its
         panel with an "n/a" note.
       path: where to write the PNG.
-      title: figure title; none by default.
+      title: figure title; by default "training curves".
 
     Returns:
       ``path`` as a :class:`pathlib.Path`.
     """
     fig = Figure(figsize=(15, 4), layout="constrained")
     axes = fig.subplots(1, 3)
-    panels = (("Energy", "energy", 1.0), ("Cost", "cost", 1.0), ("Error (%)", "error", 100.0))
-    for ax, (label, stem, scale) in zip(axes, panels):
+    panels = (("Energy", "energy", 1.0, "E at the free equilibrium (batch mean)"),
+              ("Cost", "cost", 1.0, "C of the free output (batch mean)"),
+              ("Error (%)", "error", 100.0, "classification error (%)"))
+    for ax, (label, stem, scale, ylabel) in zip(axes, panels):
         ax.set_title(label)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
         plotted = []
         epochs = []
         unit = "%" if stem == "error" else ""
@@ -190,8 +201,7 @@ def plot_curves(
             # Log only when it helps: every value > 0 and more than a decade between extremes.
             if values.min() > 0 and np.log10(values.max() / values.min()) > 1:
                 ax.set_yscale("log")
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title or "training curves")
     return _save(fig, path)
 
 
@@ -234,12 +244,18 @@ def plot_credit(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: PathLike,
                         markersize=3, label=f"{name}: h_{l}")
         ax.set_title(label)
         ax.set_xlabel("epoch")
+        ax.set_ylabel("correlation (1 = the backprop credit)" if key == "rho_per_layer"
+                      else "cosine (1 = the backprop credit)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 6 else 1)
-    if title:
-        fig.suptitle(title)
+            # One epoch: give the integer locator a range, or it ticks at 0.945, 0.95, ...
+            lo, hi = ax.get_xlim()
+            if hi - lo < 2:
+                mid = round((lo + hi) / 2)
+                ax.set_xlim(mid - 1, mid + 1)
+    fig.suptitle(title or "credit diagnostics per layer")
     return _save(fig, path)
 
 
@@ -249,12 +265,15 @@ def plot_weight_tiles(
     path: PathLike,
     max_tiles: int = 100,
     title: str | None = None,
+    initial: Any = None,
 ) -> Path:
     """First-layer weights as images: hidden unit ``j``'s tile is ``kernel[:, j]`` reshaped.
 
-    Grayscale tiles use a diverging colormap symmetric around 0 per tile (red negative, blue
-    positive), so the sign structure of each receptive field shows whatever its scale. RGB tiles
-    are min-max normalised to [0, 1] per tile and shown in colour.
+    With ``initial`` (the kernel at initialisation), each tile shows the *change* ``W - W_init``:
+    what training learned, which random initial weights otherwise hide. Every tile shares one
+    colour scale, symmetric around 0 (red negative, blue positive, white 0) and labelled by a
+    colour bar, so tiles can be compared with each other. RGB tiles (CIFAR) map each channel
+    onto the same shared scale (mid-grey = 0; the range is in the caption).
 
     Args:
       kernel: ``(n_in, n_hidden)`` first-layer kernel, ``n_in == prod(image_shape)``.
@@ -262,14 +281,17 @@ def plot_weight_tiles(
         ``(H, W, 3)`` for RGB (``(32, 32, 3)`` CIFAR); ``(H, W, 1)`` counts as grayscale.
       path: where to write the PNG.
       max_tiles: draw the first ``min(max_tiles, n_hidden)`` units, in a near-square grid.
-      title: figure title; by default says how many units are shown.
+      title: figure title; by default says what is shown and how many units.
+      initial: the kernel at initialisation, the shape of ``kernel``; ``None`` draws the
+        weights themselves.
 
     Returns:
       ``path`` as a :class:`pathlib.Path`.
 
     Raises:
       ValueError: ``kernel`` is not 2-D, ``image_shape`` is not ``(H, W)``/``(H, W, 1|3)``, its
-        product differs from ``kernel.shape[0]``, or ``max_tiles < 1``.
+        product differs from ``kernel.shape[0]``, ``initial`` has another shape, or
+        ``max_tiles < 1``.
     """
     kernel = np.asarray(kernel, dtype=np.float64)
     image_shape = tuple(int(d) for d in image_shape)
@@ -285,40 +307,164 @@ def plot_weight_tiles(
         )
     if max_tiles < 1:
         raise ValueError(f"max_tiles: expected >= 1, received {max_tiles}")
+    if initial is not None:
+        initial = np.asarray(initial, dtype=np.float64)
+        if initial.shape != kernel.shape:
+            raise ValueError(
+                f"initial: expected the kernel's shape {kernel.shape}, received {initial.shape}"
+            )
+        kernel = kernel - initial
     rgb = len(image_shape) == 3 and image_shape[2] == 3
     n_hidden = kernel.shape[1]
     n = min(max_tiles, n_hidden)
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))
+    shown = kernel[:, :n]
+    finite = shown[np.isfinite(shown)]  # a diverged run may hold NaNs: scale on what's left
+    vmax = float(np.abs(finite).max()) if finite.size else 0.0
+    vmax = vmax if vmax > 0 else 1.0
     # One mosaic image and one imshow: 100 separate axes take ~1 s to draw, the mosaic ~0.1 s.
-    # Grayscale tiles are scaled to [-1, 1] by their own max |w| and drawn with one symmetric
-    # colormap; RGB tiles are min-max scaled to [0, 1]. Separators are NaN (drawn white).
+    # Separators are NaN (drawn white).
     h, w = image_shape[:2]
     channels = 3 if rgb else 1
     mosaic = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, channels), np.nan)
     for j in range(n):
         tile = kernel[:, j].reshape(h, w, -1)[..., :channels]
-        finite = tile[np.isfinite(tile)]  # a diverged run may hold NaNs: scale on what's left
-        if rgb:
-            lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-            tile = (tile - lo) / (hi - lo) if hi > lo else np.full_like(tile, 0.5)
-            tile = np.clip(np.nan_to_num(tile, nan=0.5), 0.0, 1.0)
-        else:
-            vmax = float(np.abs(finite).max()) if finite.size else 0.0
-            tile = tile / (vmax if vmax > 0 else 1.0)
+        if rgb:  # the shared symmetric scale onto [0, 1]: 0.5 (grey) is no weight / no change
+            tile = np.clip(np.nan_to_num(0.5 + 0.5 * tile / vmax, nan=0.5), 0.0, 1.0)
         r, c = divmod(j, cols)
         mosaic[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = tile
+    what = "change from initialisation, W - W_init" if initial is not None else "weight W"
     tile_in = min(1.2, 12.0 / max(rows, cols))  # keep the figure within ~12 inches a side
-    fig = Figure(figsize=(cols * tile_in, rows * tile_in + 0.5))
-    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.01 - 0.5 / (rows * tile_in + 0.5)))
-    ax.set_axis_off()
+    fig = Figure(figsize=(cols * tile_in + 1.4, rows * tile_in + 0.9), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"{n} of {n_hidden} hidden units, one {h}x{w} tile each (pixels of the input image)",
+                  fontsize=8)
     if rgb:
         ax.imshow(np.where(np.isnan(mosaic), 1.0, mosaic), interpolation="nearest")
+        ax.set_title(f"RGB channels on one scale: grey = 0, full colour = +-{vmax:.3g} ({what})",
+                     fontsize=8)
     else:
         cmap = colormaps["RdBu"].with_extremes(bad="white")
-        ax.imshow(np.ma.masked_invalid(mosaic[..., 0]), cmap=cmap, vmin=-1.0, vmax=1.0,
-                  interpolation="nearest")
-    fig.suptitle(title if title is not None else f"first-layer weights: {n} of {n_hidden} units")
+        image = ax.imshow(np.ma.masked_invalid(mosaic[..., 0]), cmap=cmap, vmin=-vmax, vmax=vmax,
+                          interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.8, label=f"{what} (shared scale)")
+    default = ("first-layer weights: change from initialisation" if initial is not None
+               else "first-layer weights")
+    fig.suptitle(title if title is not None else default)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Relaxation
+
+
+def relaxation_trace(energy, params, x, solver, *, state0: Any = "zeros",
+                     steps: int | None = None) -> np.ndarray:
+    """Each example's residual at every step of a free relaxation, step by step.
+
+    Re-runs the relaxation ``relax`` performs (same solver steps, same input drive, the same
+    first-step-outside-the-box rule) as a ``lax.scan`` that records
+    ``||s_{t+1, b} - s_{t, b}||`` for every step ``t`` and example ``b`` (``relax`` itself keeps
+    only the last residual: the plotting path pays for the trace, not training).
+
+    Args:
+      energy: any ``ep_jax.energies.Energy``.
+      params: its parameters.
+      x: the clamped inputs, ``(batch, ...)``.
+      solver: the solver to trace (e.g. a learner's ``eval_solver``).
+      state0: ``"zeros"``, ``"feedforward"`` or a state.
+      steps: steps to run (default ``solver.max_steps``); the trace does not stop at the
+        solver's tolerance, so the plot shows where each example crosses it.
+
+    Returns:
+      ``(steps, batch)`` float64 array of per-example update norms.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from ep_jax.costs import squared_error
+    from ep_jax.solvers.base import Problem, example_sq_norms
+
+    steps = int(solver.max_steps if steps is None else steps)
+    if steps < 1:
+        raise ValueError(f"steps: expected >= 1, received {steps}")
+    s0 = energy.init_state(params, x, state0)
+    box = solver.keeps_in_box(energy)
+
+    @jax.jit
+    def trace(params, x, s0):
+        problem = Problem(energy, params, x, None, 0.0, squared_error, energy.input_drive(params, x))
+
+        def one(carry, in_box):
+            s, ss = carry
+            s_new, ss = solver.step(problem, s, ss, in_box=in_box)
+            return (s_new, ss), jnp.sqrt(example_sq_norms(s_new, s))
+
+        carry, first = one((s0, solver.init(problem, s0)), False)
+        _, rest = jax.lax.scan(lambda c, _: one(c, box), carry, None, length=steps - 1)
+        return jnp.concatenate([first[None], rest], axis=0)
+
+    return np.asarray(jax.device_get(trace(params, x, s0)), dtype=np.float64)
+
+
+def plot_relaxation(residuals: Any, path: PathLike, tol: float | None = None,
+                    title: str | None = None) -> Path:
+    """A relaxation per example: residual against step, and the fraction converged.
+
+    Args:
+      residuals: ``(steps, batch)`` update norms (:func:`relaxation_trace`).
+      path: where to write the PNG.
+      tol: the solver's tolerance: drawn as a line, and "converged" means residual ``<= tol``
+        (without one, the right panel shows the residual's quantiles instead).
+      title: figure title; by default "relaxation".
+
+    Returns:
+      ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+      ValueError: ``residuals`` is not 2-D with at least one step and one example.
+    """
+    r = np.asarray(residuals, dtype=np.float64)
+    if r.ndim != 2 or r.shape[0] < 1 or r.shape[1] < 1:
+        raise ValueError(f"residuals: expected (steps, batch) with both >= 1, received shape {r.shape}")
+    steps = np.arange(1, r.shape[0] + 1)
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    # Zero residuals (an exact fixed point) have no place on a log axis: floor them for drawing.
+    positive = r[np.isfinite(r) & (r > 0)]
+    floor = positive.min() / 10 if positive.size else 1e-12
+    shown = np.where(np.isfinite(r), np.maximum(r, floor), np.nan)
+    left.plot(steps, shown, color="tab:blue", alpha=max(0.15, min(0.8, 4 / r.shape[1])), lw=1)
+    left.plot(steps, np.nanmedian(shown, axis=1), color="black", lw=2, label="median")
+    if tol is not None:
+        left.axhline(tol, color="tab:red", ls="--", label=f"tolerance {tol:g}")
+    left.set_yscale("log")
+    left.set_xlabel("relaxation step")
+    left.set_ylabel("residual ||s_{t+1} - s_t|| per example")
+    left.set_title(f"residual of {r.shape[1]} examples")
+    left.legend(fontsize=8)
+    if tol is not None:
+        converged = np.mean(np.where(np.isfinite(r), r <= tol, False), axis=1)
+        right.plot(steps, 100 * converged, color="tab:green", lw=2)
+        right.set_ylim(-2, 102)
+        right.set_ylabel("examples converged (%)")
+        right.set_title(f"converged (residual <= {tol:g}): {100 * converged[-1]:.0f}% at the last step")
+    else:
+        for q, style in ((0.5, "-"), (0.9, "--"), (1.0, ":")):
+            right.plot(steps, np.nanquantile(shown, q, axis=1), style, color="tab:purple",
+                       label=f"{int(100 * q)}th percentile" if q < 1 else "max")
+        right.set_yscale("log")
+        right.set_ylabel("residual (quantiles over examples)")
+        right.set_title("no tolerance: residual quantiles")
+        right.legend(fontsize=8)
+    right.set_xlabel("relaxation step")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title or "relaxation")
     return _save(fig, path)
 
 
