@@ -41,6 +41,9 @@ class GradcheckConfig:
     weight_scale: float = 0.5
     bias_range: Optional[tuple] = None
     cost: str = "squared_error"
+    # "bfloat16" | "float16": also run the rule in float32 and in this precision on the same
+    # float32 problem (ep_jax.precision) and report both against float32 and the exact gradient.
+    precision: str = "float32"
 
 
 # Free and positive sweeps given to seed 000's schemes (its XOR run uses 1 and 1).
@@ -71,6 +74,7 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
     """Runs the check described in the module docstring and returns a JSON-able dict."""
     from ep_jax.costs import get_cost
 
+    check_precision(cfg)
     if cfg.x64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.float64 if cfg.x64 else jnp.float32
@@ -115,7 +119,9 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
     )(params)
 
     vs_imp, vs_bptt, bptt_imp = compare(grads, g_imp), compare(grads, g_bptt), compare(g_bptt, g_imp)
+    reduced = precision_rows(cfg, energy, rule, phases, params, x, y, k_rule, g_imp)
     return {
+        **reduced,
         "energy": cfg.energy,
         "rule": cfg.rule,
         "beta": cfg.beta,
@@ -139,4 +145,69 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
         "stationarity": float(info.stationarity),
         "hessian_min_eigenvalue": float(info.min_eigenvalue),
         "active_fraction": float(info.active_fraction),
+    }
+
+
+def check_precision(cfg: GradcheckConfig):
+    """The ``Precision`` of ``cfg``, checked before any work: a reduced one needs ``x64`` (the
+    exact gradient in float64) and a rule it supports."""
+    from ep_jax.precision import Precision
+
+    policy = Precision(cfg.precision)
+    if policy.reduced:
+        policy.check_rule(cfg.rule)
+        if not cfg.x64:
+            raise ValueError(
+                f"x64: --precision {cfg.precision} compares with the float64 exact gradient; "
+                "expected x64=True (--x64), received False"
+            )
+    return policy
+
+
+def precision_rows(cfg: GradcheckConfig, energy, rule, phases, params, x, y, key, g_exact) -> dict:
+    """The rule in float32 and in ``cfg.precision`` on the same float32 problem ({} for float32).
+
+    The float32 run uses the float32 tolerance (``cfg.tol`` or 1e-6); the reduced one the
+    tightest tolerance its states resolve (``Precision.resolution``; seed 000's schemes are
+    refused, see ``Precision.check_rule``). Returns ``cosine_vs_float32`` and
+    ``rel_error_vs_float32`` (reduced vs float32 estimate), and ``rel_error`` / ``cosine`` of
+    each against the float64 exact gradient (``*_float32``, ``*_<precision>``).
+    """
+    policy = check_precision(cfg)
+    if not policy.reduced:
+        return {}
+    f32 = jnp.float32
+    p32 = jax.tree.map(lambda a: a.astype(f32), params)
+    x32 = x.astype(f32)
+    tol32 = cfg.tol if cfg.tol is not None else 1e-6
+    tol_low = max(tol32, policy.resolution)
+    policy.check_tolerance(tol_low)
+
+    def run(en, tol, label):
+        # Fixed step counts (seed 000's sweeps, BPTT) stay fixed; tolerances become ``tol``.
+        def with_tol(solver):
+            return solver if solver.tol is None else solver._replace(tol=tol)
+
+        ph = phases._replace(free=with_tol(phases.free), nudged=with_tol(phases.nudged))
+        g, res = jax.jit(lambda p: rule(en, p, x32, y, "zeros", phases=ph, key=key))(p32)
+        for st, where in ((res.free_stats, "free phase"), (res.nudged_stats, "nudged phase")):
+            check_stats(st, where=f"rule's {where} in {label}")
+        return jax.tree.map(lambda a: a.astype(jnp.float64), g), res
+
+    g32, res32 = run(energy, tol32, "float32")
+    g_low, res_low = run(policy.wrap(energy), tol_low, cfg.precision)
+    vs32, low_exact, f32_exact = compare(g_low, g32), compare(g_low, g_exact), compare(g32, g_exact)
+    name = cfg.precision
+    return {
+        "precision": name,
+        "cosine_vs_float32": vs32["cosine"],
+        "rel_error_vs_float32": vs32["rel_error"],
+        f"rel_error_{name}": low_exact["rel_error"],
+        f"cosine_{name}": low_exact["cosine"],
+        "rel_error_float32": f32_exact["rel_error"],
+        "cosine_float32": f32_exact["cosine"],
+        f"tol_{name}": tol_low,
+        "tol_float32": tol32,
+        f"free_steps_{name}": int(jnp.max(res_low.free_stats.steps)),
+        "free_steps_float32": int(jnp.max(res32.free_stats.steps)),
     }

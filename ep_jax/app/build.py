@@ -8,6 +8,7 @@ from ep_jax.costs import get_cost
 from ep_jax.energies import make_energy
 from ep_jax.learner import EPLearner
 from ep_jax.optim import make_optimizer
+from ep_jax.precision import Precision
 from ep_jax.preprocess import Preprocess
 from ep_jax.residual import ResidualEP, residual_learner
 from ep_jax.rules import Phases
@@ -69,7 +70,8 @@ def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int, ima
         return GradientDescent(rule.step_size, steps, tol=tol, project=project)
 
     return EPLearner(
-        energy=make_energy(model.energy, (n_in, *model.hidden, n_out), activation=model.activation),
+        energy=_with_precision(cfg, make_energy(model.energy, (n_in, *model.hidden, n_out),
+                                                activation=model.activation)),
         rule=rule.rule,
         phases=Phases(rule.beta, solver(rule.free_steps), solver(rule.nudged_steps),
                       get_cost(rule.cost)),
@@ -78,3 +80,16 @@ def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int, ima
         eval_solver=solver(rule.eval_max_steps, rule.eval_tol), persistent=rule.persistent,
         state_init=rule.state_init,
     )
+
+
+def _with_precision(cfg: TrainConfig, energy):
+    """``energy`` relaxed in ``devices.precision`` (``ep_jax.precision``; float32: itself), after
+    checking the settings a reduced precision cannot honour."""
+    policy = Precision(cfg.devices.precision)
+    if policy.reduced:
+        try:
+            policy.check_rule(cfg.rule.rule, "rule.rule")
+            policy.check_tolerance(cfg.rule.eval_tol, "rule.eval_tol")
+        except ValueError as e:
+            raise ValueError(f"{e} (with devices.precision={policy.compute!r})") from None
+    return policy.wrap(energy)

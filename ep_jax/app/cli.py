@@ -37,8 +37,10 @@ def _add_gradcheck(sub):
     p.add_argument("--energy", default="hopfield", choices=sorted(ENERGIES), metavar="NAME",
                    help="the energy of the random net (default: hopfield; allowed: "
                    f"{', '.join(sorted(ENERGIES))})")
-    p.add_argument("--rule", default="ep-symmetric", choices=sorted(RULES), metavar="NAME",
-                   help=f"the rule checked (default: ep-symmetric; allowed: {', '.join(sorted(RULES))})")
+    p.add_argument("--rule", default="ep-symmetric", choices=sorted(RULES) + ["all"], metavar="NAME",
+                   help=f"the rule checked, or all: one JSON line per rule, a rule that does not "
+                   f"apply reported as skipped (default: ep-symmetric; allowed: "
+                   f"{', '.join(sorted(RULES))}, all)")
     p.add_argument("--beta", type=float, default=1e-3,
                    help="nudging strength; the rule sets its sign (default: 1e-3)")
     p.add_argument("--sizes", type=_sizes, default=(6, 5, 4, 3),
@@ -55,6 +57,11 @@ def _add_gradcheck(sub):
                    help="epsilon of the gradient-descent relaxation (default: 0.5)")
     p.add_argument("--tol", type=float, default=None, help="relaxation tolerance on the update norm "
                    "(default: 1e-12 with --x64, 1e-6 in float32)")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="also run the rule in float32 and in this precision (ep_jax.precision) on "
+                   "the same float32 problem: cosine_vs_float32, rel_error_vs_float32, and each "
+                   "one's rel_error/cosine against the float64 exact gradient (needs --x64; "
+                   "default: float32, no comparison)")
     p.add_argument("--weight-scale", type=float, default=0.5,
                    help="Glorot-uniform kernels times this factor: keeps units out of saturation "
                    "(default: 0.5)")
@@ -69,9 +76,22 @@ def _gradcheck(args) -> int:
         energy=args.energy, rule=args.rule, beta=args.beta, sizes=args.sizes,
         activation=args.activation, batch=args.batch, seed=args.seed, x64=args.x64,
         step_size=args.step_size, tol=args.tol, weight_scale=args.weight_scale, cost=args.cost,
+        precision=args.precision,
     )
-    print(json.dumps(gradcheck(cfg)))
+    if args.rule != "all":
+        print(json.dumps(gradcheck(cfg)))
+        return 0
+    import dataclasses
+
+    from ep_jax.rules import RULES
+
+    for name in RULES:
+        try:
+            print(json.dumps(gradcheck(dataclasses.replace(cfg, rule=name))), flush=True)
+        except ValueError as err:  # a rule this energy or precision does not support
+            print(json.dumps({"rule": name, "skipped": str(err)}), flush=True)
     return 0
+
 
 
 def _add_train(sub):

@@ -307,8 +307,8 @@ class LoopConfig(_Section):
 class DevicesConfig(_Section):
     """Where it runs: the device mesh of data-parallel training (``ep_jax.distributed``).
 
-    Every field may change on ``--resume``: a checkpoint restores onto any device count (the
-    arrays are saved whole and resharded on restore).
+    Every field but ``precision`` may change on ``--resume``: a checkpoint restores onto any
+    device count (the arrays are saved whole and resharded on restore).
 
     Attributes:
       devices: devices of the mesh, the first ``devices`` of ``jax.devices()`` (all processes'
@@ -317,14 +317,24 @@ class DevicesConfig(_Section):
         batch, the persistent particles and the training set; axis ``model`` shards the wide
         parameters, FSDP-style); ``None``: ``"data=<devices>"``. Its sizes multiply to
         ``devices`` (when ``devices`` > 0).
+      precision: the dtype of the relaxation's states and products (``ep_jax.precision``):
+        ``"float32"``, ``"bfloat16"`` or ``"float16"``; parameters, gradients and the optimizer
+        stay float32. Fingerprinted, unlike the other fields: persistent particles are saved
+        in this dtype, and a run's trajectory is that of its precision, so a checkpoint resumes
+        in the precision it was written in.
     """
 
     SECTION = "devices"
 
     devices: int = _field(1, resume=SAFE)
     mesh: Optional[str] = _field(None, resume=SAFE)
+    precision: str = _field("float32", used_by=(LAYERED,))
 
     def __post_init__(self):
+        from ep_jax.precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            self._fail("precision", f"one of {PRECISIONS}")
         self._int("devices", 0)
         if self.mesh is None:
             return
