@@ -92,6 +92,16 @@ class SoftmaxReadout:
                 f"{target.dtype}"
             )
         check_labels(target, params[self.head]["kernel"].shape[-1])
+        if jnp.iscomplexobj(output):
+            # Holomorphic EP's complex states: log-softmax extends holomorphically (optax's
+            # loss takes real logits only); LayerNorm does not (its variance reads |z|^2).
+            if self.norm is not None:
+                raise ValueError(
+                    f"SoftmaxReadout: norm={self.norm!r} (a LayerNorm) is not holomorphic; "
+                    "complex states need norm=None"
+                )
+            log_p = jax.nn.log_softmax(self.logits(output, params), axis=-1)
+            return -jnp.take_along_axis(log_p, target[:, None], axis=-1)[:, 0]
         return optax.softmax_cross_entropy_with_integer_labels(self.logits(output, params), target)
 
 

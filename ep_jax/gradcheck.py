@@ -14,6 +14,7 @@ the hard sigmoid, (-0.2, 0.2) otherwise).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import jax
@@ -31,7 +32,7 @@ class GradcheckConfig:
     rule: str = "ep-symmetric"
     beta: float = 1e-3
     sizes: tuple = (6, 5, 4, 3)
-    activation: str = "hard_sigmoid"
+    activation: Optional[str] = "hard_sigmoid"  # None: the energy's own default
     batch: int = 5
     seed: int = 0
     x64: bool = True
@@ -41,6 +42,7 @@ class GradcheckConfig:
     weight_scale: float = 0.5
     bias_range: Optional[tuple] = None
     cost: str = "squared_error"
+    points: Optional[int] = None  # ep-holomorphic's N (None: the rule's default)
     # "bfloat16" | "float16": also run the rule in float32 and in this precision on the same
     # float32 problem (ep_jax.precision) and report both against float32 and the exact gradient.
     precision: str = "float32"
@@ -79,12 +81,15 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.float64 if cfg.x64 else jnp.float32
     tol = cfg.tol if cfg.tol is not None else (1e-12 if cfg.x64 else 1e-6)
-    hard = cfg.activation == "hard_sigmoid"
+    act = {} if cfg.activation is None else {"activation": cfg.activation}  # None: the energy's default
+    energy = make_energy(cfg.energy, cfg.sizes, **act)
+    activations = getattr(energy, "activation", ())
+    activations = (activations,) if isinstance(activations, str) else tuple(activations)
+    hard = "hard_sigmoid" in activations
     bias_range = cfg.bias_range or ((0.3, 0.7) if hard else (-0.2, 0.2))
     project = "clip01" if hard else None
     cost = get_cost(cfg.cost)
 
-    energy = make_energy(cfg.energy, cfg.sizes, activation=cfg.activation)
     k_problem, k_rule = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params, x, y = random_problem(
         energy, k_problem, batch=cfg.batch, dtype=dtype, weight_scale=cfg.weight_scale,
@@ -97,6 +102,10 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
         phases = phases._replace(free=tight._replace(max_steps=SEED000_SWEEPS[0], tol=None),
                                  nudged=tight._replace(max_steps=SEED000_SWEEPS[1], tol=None))
     rule = get_rule(cfg.rule)
+    if cfg.points is not None:
+        if cfg.rule != "ep-holomorphic":
+            raise ValueError(f"points: only rule 'ep-holomorphic' takes points, received rule {cfg.rule!r}")
+        rule = functools.partial(rule, points=cfg.points)
     grads, res = jax.jit(lambda p: rule(energy, p, x, y, "zeros", phases=phases, key=k_rule))(params)
     for st, where in ((res.free_stats, "rule's free phase"), (res.nudged_stats, "rule's nudged phase")):
         check_stats(st, where=where)  # heuristic rules (seed 000's sweeps) need not converge
@@ -126,7 +135,8 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
         "rule": cfg.rule,
         "beta": cfg.beta,
         "beta_used": float(res.beta),
-        "activation": cfg.activation,
+        "activation": activations[-1] if activations else cfg.activation,
+        "points": cfg.points,
         "sizes": list(cfg.sizes),
         "batch": cfg.batch,
         "dtype": jnp.dtype(dtype).name,

@@ -45,8 +45,9 @@ def _add_gradcheck(sub):
                    help="nudging strength; the rule sets its sign (default: 1e-3)")
     p.add_argument("--sizes", type=_sizes, default=(6, 5, 4, 3),
                    help="layer sizes input,hidden...,output (default: 6,5,4,3)")
-    p.add_argument("--activation", default="hard_sigmoid", choices=sorted(ACTIVATIONS),
-                   help="rho of every layer (default: hard_sigmoid)")
+    p.add_argument("--activation", default=None, choices=sorted(ACTIVATIONS),
+                   help="rho of every layer (default: the energy's own: hard_sigmoid for hopfield, sigmoid for "
+                   "restricted_hopfield)")
     p.add_argument("--batch", type=int, default=5, help="examples in the check (default: 5)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random net, inputs and labels (default: 0)")
@@ -62,6 +63,8 @@ def _add_gradcheck(sub):
                    "the same float32 problem: cosine_vs_float32, rel_error_vs_float32, and each "
                    "one's rel_error/cosine against the float64 exact gradient (needs --x64; "
                    "default: float32, no comparison)")
+    p.add_argument("--points", type=int, default=None,
+                   help="ep-holomorphic: N points on the circle of radius --beta (default 8)")
     p.add_argument("--weight-scale", type=float, default=0.5,
                    help="Glorot-uniform kernels times this factor: keeps units out of saturation "
                    "(default: 0.5)")
@@ -74,7 +77,7 @@ def _gradcheck(args) -> int:
 
     cfg = GradcheckConfig(
         energy=args.energy, rule=args.rule, beta=args.beta, sizes=args.sizes,
-        activation=args.activation, batch=args.batch, seed=args.seed, x64=args.x64,
+        activation=args.activation, batch=args.batch, seed=args.seed, x64=args.x64, points=args.points,
         step_size=args.step_size, tol=args.tol, weight_scale=args.weight_scale, cost=args.cost,
         precision=args.precision,
     )

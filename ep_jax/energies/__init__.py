@@ -8,11 +8,13 @@ from ep_jax.energies.base import Energy, Params, State, StateInit
 from ep_jax.energies.layered import LayeredEnergy, layer_name
 from ep_jax.energies.conditional_gaussian import ConditionalGaussian, conditional_gaussian
 from ep_jax.energies.hopfield import Hopfield, hopfield, restricted_hopfield
+from ep_jax.energies.vector_field import AsymmetricHopfield, asymmetric_hopfield, weight_alignment
 
 ENERGIES = {
     "hopfield": hopfield,
     "restricted_hopfield": restricted_hopfield,
     "conditional_gaussian": conditional_gaussian,
+    "asymmetric_hopfield": asymmetric_hopfield,  # vector-field EP (forward + feedback weights)
 }
 
 
@@ -25,6 +27,7 @@ def make_energy(name: str, sizes, **kwargs) -> Energy:
     return factory(sizes, **kwargs)
 
 __all__ = [
+    "AsymmetricHopfield", "asymmetric_hopfield", "weight_alignment",
     "ENERGIES", "ConditionalGaussian", "Energy", "Hopfield", "LayeredEnergy", "Params", "State", "StateInit",
     "conditional_gaussian", "hopfield", "layer_name", "make_energy", "restricted_hopfield",
 ]

@@ -27,6 +27,15 @@ State = Any  # a pytree whose leaves are (batch, ...) arrays
 Params = Any  # any pytree of arrays
 StateInit = Union[str, Any]  # "zeros" | "feedforward" | a state (persistent particles)
 
+# Activations that extend to holomorphic functions of a complex state (the hard sigmoid and relu
+# do not: they clip), as holomorphic EP's complex relaxations need (``Energy.holomorphic``).
+HOLOMORPHIC_ACTIVATIONS = frozenset({"sigmoid", "tanh", "identity"})
+
+
+def is_complex_tree(tree) -> bool:
+    """True when any leaf of ``tree`` is complex (a holomorphic EP state)."""
+    return any(jnp.iscomplexobj(v) for v in jax.tree.leaves(tree))
+
 
 def batch_sum(a: jax.Array) -> jax.Array:
     """Sum over every axis but the first (the batch): a per-example reduction of any leaf."""
@@ -121,6 +130,14 @@ class Energy(abc.ABC):
         ``LayeredEnergy``); solvers then run their later steps ``in_box``."""
         return False
 
+    @property
+    def holomorphic(self) -> bool:
+        """True when E(params, s, x) extends to a holomorphic function of complex states s, so
+        holomorphic EP (``ep_jax.rules.holomorphic``) may relax it at complex beta (default
+        False: an energy opts in; ``LayeredEnergy`` does when every free layer's activation is
+        in ``HOLOMORPHIC_ACTIVATIONS``)."""
+        return False
+
     def input_drive(self, params: Params, x: jax.Array):
         """The loop-invariant part of a relaxation that involves the clamped input, computed once
         per training step and shared by every phase (``None``: the energy has none)."""
@@ -131,9 +148,11 @@ class Energy(abc.ABC):
         """dE/ds of the batch sum of E, shaped like ``state`` (default: ``jax.grad``).
 
         ``drive`` is ``input_drive(params, x)`` (energies that hoist it use it), ``in_box=True``
-        promises every state lies in [0, 1] (used only when ``identity_on_unit_box``).
+        promises every state lies in [0, 1] (used only when ``identity_on_unit_box``). For a
+        complex state (holomorphic EP) it is the complex derivative dE/ds, not its conjugate.
         """
-        return jax.grad(lambda s: jnp.sum(self(params, s, x)))(state)
+        holomorphic = is_complex_tree(state)
+        return jax.grad(lambda s: jnp.sum(self(params, s, x)), holomorphic=holomorphic)(state)
 
     def param_grad_difference(self, params: Params, x: jax.Array, state_a: State, state_b: State,
                               scale) -> Params:
@@ -142,6 +161,16 @@ class Energy(abc.ABC):
         One backward pass through mean_b E(theta, s_a) - E(theta, s_b); energies linear in theta
         override it with a closed form that shares products.
         """
-        g = jax.grad(lambda p: jnp.mean(self(p, state_a, x) - self(p, state_b, x)))(params)
+        def diff(p):
+            return jnp.mean(self(p, state_a, x) - self(p, state_b, x))
+
+        if is_complex_tree((state_a, state_b)):
+            # Complex states (holomorphic EP): the complex derivative with respect to the real
+            # theta, d Re / dtheta + i d Im / dtheta (complex grads; the rule takes a real part).
+            re = jax.grad(lambda p: jnp.real(diff(p)))(params)
+            im = jax.grad(lambda p: jnp.imag(diff(p)))(params)
+            g = jax.tree.map(lambda a, b: a + 1j * b, re, im)
+        else:
+            g = jax.grad(diff)(params)
         scale = jnp.asarray(scale, self.param_dtype(params))
         return jax.tree.map(lambda t: scale * t, g)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ep_jax.activations import Activation, get_activation
-from ep_jax.energies.base import Energy
+from ep_jax.energies.base import HOLOMORPHIC_ACTIVATIONS, Energy
 
 State = tuple  # tuple[Float[Array, "batch n_l"], ...], one entry per free layer
 Params = dict  # {"layer_l": {"kernel": (n_l, n_{l+1}), "bias": (n_{l+1},)}}
@@ -155,6 +155,12 @@ class LayeredEnergy(Energy):
         with derivative 1, so a state known to lie in [0, 1] (after a ``clip01`` projection or
         a fixed-point sweep) can skip rho and its derivative exactly, with the same numbers."""
         return all(a == "hard_sigmoid" for a in self.activation[1:])
+
+    @property
+    def holomorphic(self) -> bool:
+        """True when every free layer's activation extends holomorphically (sigmoid, tanh,
+        identity): E is then a polynomial in the states and their activations."""
+        return all(a in HOLOMORPHIC_ACTIVATIONS for a in self.activation[1:])
 
     def state_grad(self, params: Params, state: State, x: jax.Array, *, drive=None,
                    in_box: bool = False) -> State:

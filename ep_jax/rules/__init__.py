@@ -21,6 +21,7 @@ from ep_jax.rules.chl import chl_gradient
 from ep_jax.rules.coupled import coupled_gradient
 from ep_jax.rules.ep import ep_gradient
 from ep_jax.rules.first_step import first_step_gradient
+from ep_jax.rules.holomorphic import holomorphic_gradient
 from ep_jax.rules.pc import pc_gradient, pc_nudge_gradient
 from ep_jax.rules.seed000 import SEED000_RULES
 
@@ -31,6 +32,7 @@ RULES = {
     "chl": chl_gradient,
     "coupled": coupled_gradient,
     "first-step": first_step_gradient,
+    "ep-holomorphic": holomorphic_gradient,  # options: points (N), schedule; beta = |beta|
     "pc": pc_gradient,
     "pc-nudge": pc_nudge_gradient,
     **SEED000_RULES,  # seed000-chl, seed000-ep, seed000-first-step, seed000-pc-nudge
@@ -47,5 +49,6 @@ def get_rule(name: str):
 __all__ = [
     "RULES", "Phases", "RuleResult", "backprop_gradient", "chl_gradient", "clamped_phase", "coupled_gradient",
     "energy_grad_difference", "ep_gradient", "first_step_gradient", "free_phase", "get_rule",
+    "holomorphic_gradient",
     "nudged_phase", "pc_gradient", "pc_nudge_gradient", "total_energy_grad_difference",
 ]

@@ -110,9 +110,11 @@ class Problem(NamedTuple):
         return e + jnp.asarray(self.beta, e.dtype) * apply_cost(self.cost, out, self.target, self.params)
 
     def cost_grad(self, output: jax.Array) -> jax.Array:
-        """beta dC/d output (of the batch sum)."""
+        """beta dC/d output (of the batch sum); for a complex output (holomorphic EP, complex
+        beta) the complex derivative."""
         b = jnp.asarray(self.beta, output.dtype)
-        return jax.grad(lambda o: jnp.sum(b * apply_cost(self.cost, o, self.target, self.params)))(output)
+        return jax.grad(lambda o: jnp.sum(b * apply_cost(self.cost, o, self.target, self.params)),
+                        holomorphic=jnp.iscomplexobj(output))(output)
 
     def grad(self, state: State, *, in_box: bool = False) -> State:
         """dF/ds of the batch sum: ``energy.state_grad`` (closed form or autodiff) plus beta
