@@ -22,10 +22,13 @@ from ep_jax.costs import (
 from ep_jax.energies import (
     ENERGIES,
     ConditionalGaussian,
+    ConvHopfield,
+    ConvLayer,
     Energy,
     Hopfield,
     LayeredEnergy,
     conditional_gaussian,
+    conv_hopfield,
     hopfield,
     make_energy,
     restricted_hopfield,
@@ -82,12 +85,12 @@ def __getattr__(name):
 
 __all__ = [
     "ACTIVATIONS", "COSTS", "ENERGIES", "RULES", *_APP,
-    "BackpropLearner", "CreditReport", "ConditionalGaussian", "EPLearner", "EPState", "Energy",
+    "BackpropLearner", "CreditReport", "ConditionalGaussian", "ConvHopfield", "ConvLayer", "EPLearner", "EPState", "Energy",
     "FixedPoint", "GradientDescent", "Hopfield", "LayeredEnergy", "Learner", "OptaxSolver",
     "Phases", "Preprocess", "Problem", "RelaxStats", "RelaxationError", "ResidualEP",
     "ResidualEnergy", "ResidualMLP", "RuleResult", "SoftmaxReadout", "Solver", "Stationary",
     "bptt_gradient", "check_stats", "classification_error", "compare", "conditional_gaussian",
-    "credit_diagnostics", "cross_entropy", "energy_grad_difference", "ep_gradient", "free_phase",
+    "conv_hopfield", "credit_diagnostics", "cross_entropy", "energy_grad_difference", "ep_gradient", "free_phase",
     "get_activation", "get_cost", "get_rule", "hard_sigmoid", "hopfield", "implicit_gradient",
     "make_energy", "make_optimizer", "nudged_phase", "per_layer", "per_layer_sgd", "relax",
     "residual_ep_gradient", "residual_optimizer", "restricted_hopfield", "squared_error",

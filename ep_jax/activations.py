@@ -30,6 +30,20 @@ def _hard_sigmoid_jvp(primals, tangents):
     return hard_sigmoid(s), jnp.where(inside, ds, jnp.zeros_like(ds))
 
 
+@jax.custom_jvp
+def shifted_hard_sigmoid(s: jax.Array) -> jax.Array:
+    """rho(s) = (1 + hardtanh(s - 1)) / 2 = clip(s / 2, 0, 1) (Laborieux et al. 2021's
+    ``my_hard_sig``), with rho'(s) = 1/2 on the closed interval [0, 2] (as torch's hardtanh)."""
+    return (1 + jnp.clip(s - 1, -1, 1)) / 2
+
+
+@shifted_hard_sigmoid.defjvp
+def _shifted_hard_sigmoid_jvp(primals, tangents):
+    (s,), (ds,) = primals, tangents
+    inside = (s >= 0) & (s <= 2)
+    return shifted_hard_sigmoid(s), jnp.where(inside, ds / 2, jnp.zeros_like(ds))
+
+
 def identity(s: jax.Array) -> jax.Array:
     """rho(s) = s."""
     return s
@@ -37,6 +51,7 @@ def identity(s: jax.Array) -> jax.Array:
 
 ACTIVATIONS: dict[str, Activation] = {
     "hard_sigmoid": hard_sigmoid,
+    "shifted_hard_sigmoid": shifted_hard_sigmoid,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,

@@ -46,6 +46,11 @@ class GradcheckConfig:
     # "bfloat16" | "float16": also run the rule in float32 and in this precision on the same
     # float32 problem (ep_jax.precision) and report both against float32 and the exact gradient.
     precision: str = "float32"
+    # conv_hopfield only (``sizes`` is then unused): input (H, W, C), conv layers
+    # (channels, kernel, stride, padding, pool), dense layers after the last map.
+    in_shape: tuple = (6, 6, 1)
+    conv: tuple = ((3, 3, 1, 1, 2),)
+    dense: tuple = (4,)
 
 
 # Free and positive sweeps given to seed 000's schemes (its XOR run uses 1 and 1).
@@ -59,6 +64,8 @@ def random_problem(energy, key, *, batch=5, dtype=jnp.float64, weight_scale=0.5,
     """
     k_p, k_b, k_x, k_y = jax.random.split(key, 4)
     params = energy.init_params(k_p, dtype)
+    # One input: a layered net's (n_in,), a conv net's (H, W, C); labels index the output.
+    in_shape = tuple(getattr(energy, "in_shape", None) or (energy.sizes[0],))
     bias_keys = jax.random.split(k_b, len(params))
     params = {
         name: {
@@ -67,8 +74,9 @@ def random_problem(energy, key, *, batch=5, dtype=jnp.float64, weight_scale=0.5,
         }
         for bk, (name, p) in zip(bias_keys, sorted(params.items()))
     }
-    x = jax.random.uniform(k_x, (batch, energy.sizes[0]), dtype)
-    y = jax.random.randint(k_y, (batch,), 0, energy.sizes[-1])
+    x = jax.random.uniform(k_x, (batch,) + in_shape, dtype)
+    n_out = jax.eval_shape(lambda: energy.output(energy.zeros_state(x))).shape[-1]
+    y = jax.random.randint(k_y, (batch,), 0, n_out)
     return params, x, y
 
 
@@ -82,11 +90,16 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
     dtype = jnp.float64 if cfg.x64 else jnp.float32
     tol = cfg.tol if cfg.tol is not None else (1e-12 if cfg.x64 else 1e-6)
     act = {} if cfg.activation is None else {"activation": cfg.activation}  # None: the energy's default
-    energy = make_energy(cfg.energy, cfg.sizes, **act)
+    if cfg.energy == "conv_hopfield":
+        energy = make_energy(cfg.energy, cfg.in_shape, conv=cfg.conv, dense=cfg.dense, **act)
+    else:
+        energy = make_energy(cfg.energy, cfg.sizes, **act)
     activations = getattr(energy, "activation", ())
     activations = (activations,) if isinstance(activations, str) else tuple(activations)
     hard = "hard_sigmoid" in activations
-    bias_range = cfg.bias_range or ((0.3, 0.7) if hard else (-0.2, 0.2))
+    # conv_hopfield's 1/2 rho(s)^2 has a stationary point only for fields in rho's range: keep
+    # them near 1/2 for smooth activations too.
+    bias_range = cfg.bias_range or ((0.3, 0.7) if hard or cfg.energy == "conv_hopfield" else (-0.2, 0.2))
     project = "clip01" if hard else None
     cost = get_cost(cfg.cost)
 
@@ -137,7 +150,8 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
         "beta_used": float(res.beta),
         "activation": activations[-1] if activations else cfg.activation,
         "points": cfg.points,
-        "sizes": list(cfg.sizes),
+        **({"in_shape": list(cfg.in_shape), "conv": [list(c) for c in cfg.conv],
+            "dense": list(cfg.dense)} if cfg.energy == "conv_hopfield" else {"sizes": list(cfg.sizes)}),
         "batch": cfg.batch,
         "dtype": jnp.dtype(dtype).name,
         "seed": cfg.seed,

@@ -16,6 +16,22 @@ def _sizes(text: str) -> tuple:
     return sizes
 
 
+def _conv_layers(text: str) -> tuple:
+    """``C,K,S,P,POOL[/C,K,S,P,POOL...]`` -> conv layer tuples (trailing fields may be left out)."""
+    try:
+        layers = tuple(tuple(int(v) for v in part.split(",")) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected conv layers 'channels,kernel[,stride,padding,pool]' separated by '/', "
+            f"received {text!r}"
+        )
+    if any(not 2 <= len(layer) <= 5 for layer in layers):
+        raise argparse.ArgumentTypeError(
+            f"expected 2 to 5 numbers per conv layer (channels,kernel,stride,padding,pool), received {text!r}"
+        )
+    return layers
+
+
 def _add_gradcheck(sub):
     from ep_jax.activations import ACTIVATIONS
     from ep_jax.energies import ENERGIES
@@ -58,6 +74,11 @@ def _add_gradcheck(sub):
                    help="epsilon of the gradient-descent relaxation (default: 0.5)")
     p.add_argument("--tol", type=float, default=None, help="relaxation tolerance on the update norm "
                    "(default: 1e-12 with --x64, 1e-6 in float32)")
+    p.add_argument("--weight-scale", type=float, default=0.5,
+                   help="Glorot-uniform kernels times this factor: keeps units out of saturation "
+                   "(default: 0.5)")
+    p.add_argument("--x64", action="store_true",
+                   help="run in float64 (recommended; default: float32)")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="also run the rule in float32 and in this precision (ep_jax.precision) on "
                    "the same float32 problem: cosine_vs_float32, rel_error_vs_float32, and each "
@@ -65,11 +86,12 @@ def _add_gradcheck(sub):
                    "default: float32, no comparison)")
     p.add_argument("--points", type=int, default=None,
                    help="ep-holomorphic: N points on the circle of radius --beta (default 8)")
-    p.add_argument("--weight-scale", type=float, default=0.5,
-                   help="Glorot-uniform kernels times this factor: keeps units out of saturation "
-                   "(default: 0.5)")
-    p.add_argument("--x64", action="store_true",
-                   help="run in float64 (recommended; default: float32)")
+    conv = p.add_argument_group("conv_hopfield (with --energy conv_hopfield; --sizes is then unused)")
+    conv.add_argument("--in-shape", type=_sizes, default=(6, 6, 1), help="input H,W,C (default 6,6,1)")
+    conv.add_argument("--conv", type=_conv_layers, default=((3, 3, 1, 1, 2),),
+                      help="conv layers channels,kernel,stride,padding,pool separated by '/' "
+                      "(default 3,3,1,1,2)")
+    conv.add_argument("--dense", type=_sizes, default=(4,), help="dense layers after the last map (default 4)")
 
 
 def _gradcheck(args) -> int:
@@ -79,7 +101,7 @@ def _gradcheck(args) -> int:
         energy=args.energy, rule=args.rule, beta=args.beta, sizes=args.sizes,
         activation=args.activation, batch=args.batch, seed=args.seed, x64=args.x64, points=args.points,
         step_size=args.step_size, tol=args.tol, weight_scale=args.weight_scale, cost=args.cost,
-        precision=args.precision,
+        in_shape=args.in_shape, conv=args.conv, dense=args.dense, precision=args.precision,
     )
     if args.rule != "all":
         print(json.dumps(gradcheck(cfg)))
@@ -94,7 +116,6 @@ def _gradcheck(args) -> int:
         except ValueError as err:  # a rule this energy or precision does not support
             print(json.dumps({"rule": name, "skipped": str(err)}), flush=True)
     return 0
-
 
 
 def _add_train(sub):

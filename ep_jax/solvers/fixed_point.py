@@ -1,4 +1,8 @@
-"""Fixed-point sweeps ``s_l <- rho_l(h_l)`` of layered energies (synchronous or even/odd)."""
+"""Fixed-point sweeps ``s_l <- rho_l(h_l)`` of layered energies (synchronous or even/odd).
+
+The even/odd order is the asynchronous sweep of Scellier et al. 2023 (even layers from the old
+state, then odd layers from the updated even ones), for dense and convolutional layers alike.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ class FixedPoint(Solver):
     layer minimiser ``rho((h + 2 beta y) / (1 + 2 beta))``).
 
     Needs an energy with a fixed-point form: ``layer_field(params, state, x, l, drive, in_box)``
-    and ``rho(l)`` over a tuple of layers (``LayeredEnergy`` with the activity quadratic).
+    and ``rho(l)`` over a tuple of layers (``Hopfield`` with the activity quadratic,
+    ``ConvHopfield``: feature maps and dense layers alike; the last layer is the one the cost
+    reads through ``energy.output``).
 
     Attributes:
       max_steps: sweeps to run (``tol=None``) or the cap (with ``tol``).
@@ -68,7 +74,12 @@ class FixedPoint(Solver):
             h = energy.layer_field(params, state, x, l, drive=problem.drive, in_box=in_box)
             if l == n and problem.target is not None:
                 out = state[-1]
-                dcost = jax.grad(lambda o: jnp.sum(apply_cost(problem.cost, o, problem.target, params)))(out)
+
+                def cost_of(o):  # the cost reads energy.output (a map flattened, for ConvHopfield)
+                    read = energy.output(state[:-1] + (o,))
+                    return jnp.sum(apply_cost(problem.cost, read, problem.target, params))
+
+                dcost = jax.grad(cost_of)(out)
                 curv = self.cost_curvature
                 if curv is None:
                     curv = cost_curvature(problem.cost)
