@@ -68,6 +68,8 @@ def tree_rel_error(a, b) -> float:
     u, v = ([distributed.host_value(x).astype(np.float64).ravel() for x in jax.tree.leaves(t)]
             for t in (a, b))
     assert len(u) == len(v) and all(x.shape == y.shape for x, y in zip(u, v))
+    if not u:
+        return 0.0
     u, v = np.concatenate(u), np.concatenate(v)
     return float(np.linalg.norm(u - v) / max(np.linalg.norm(v), 1e-30))
 
