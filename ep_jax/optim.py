@@ -6,8 +6,13 @@ trains the output LayerNorm with the head: ``groups={"out_ln": "head"}``). Each 
 optimizer instance and rate (the seeds' per-layer ``alphas``; seed 004's per-part AdamW)::
 
     g <- g * min(1, grad_clip / ||g||)              (optional, over all parameters)
+    g <- g + lambda theta                           (weight decay as an L2 term: sgd, momentum, adam)
     theta_part <- opt(g_part; eta_part(t))          eta(t) = eta (constant) or
                                                     eta (1 + cos(pi t / T)) / 2 (cosine, T steps)
+
+Weight decay follows PyTorch: ``torch.optim.SGD(weight_decay=lambda)`` adds lambda theta to the
+gradient before the momentum buffer (Laborieux et al. 2021's CIFAR-10 runs), as does ``Adam``;
+``adamw`` decays decoupled from the gradient, theta <- theta - eta lambda theta.
 """
 
 from __future__ import annotations
@@ -77,7 +82,9 @@ def make_optimizer(
         mapping, e.g. ``{"embed": 1e-3, "block_0": 1e-3, "head": 3e-3}``), or one for all.
       schedule: ``"constant"`` or ``"cosine"`` (decay to 0 over ``total_steps``).
       grad_clip: clip the whole gradient to this global norm first (``None``: no clipping).
-      weight_decay: AdamW's decoupled weight decay (``adamw`` only; must be 0 otherwise).
+      weight_decay: lambda >= 0: AdamW's decoupled decay for ``adamw``; for the others an L2
+        term lambda theta added to each part's gradient after clipping, before momentum or Adam's
+        moments (PyTorch's ``weight_decay`` of SGD and Adam).
       groups: merges parts under one rate (``{"out_ln": "head"}``).
     """
     if name not in OPTIMIZERS:
@@ -86,16 +93,18 @@ def make_optimizer(
         raise ValueError(f"schedule: expected one of {SCHEDULES}, received {schedule!r}")
     if schedule == "cosine" and total_steps < 1:
         raise ValueError(f"total_steps: expected >= 1 with a cosine schedule, received {total_steps}")
-    if weight_decay and name != "adamw":
-        raise ValueError(
-            f"weight_decay: only 'adamw' decays weights here, received {weight_decay} with {name!r}"
-        )
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not (
+            weight_decay >= 0):
+        raise ValueError(f"weight_decay: expected a number >= 0, received {weight_decay!r}")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip: expected None or > 0, received {grad_clip!r}")
 
     def make(rate):
         lr = optax.cosine_decay_schedule(rate, total_steps) if schedule == "cosine" else rate
-        return OPTIMIZERS[name](lr, weight_decay)
+        opt = OPTIMIZERS[name](lr, weight_decay)
+        if weight_decay and name != "adamw":  # L2: lambda theta joins the gradient (torch's SGD)
+            opt = optax.chain(optax.add_decayed_weights(weight_decay), opt)
+        return opt
 
     if isinstance(rates, Mapping):
         tx = per_part(make, rates, groups)

@@ -2,6 +2,7 @@
 
     x <- crop_flip(x)        random H x W crop of the ``pad``-padded image + horizontal flip
     x <- (x - mean) / std    per channel (also at evaluation)
+    x <- x.reshape(B, H, W, C)   images for convolutional energies (``to_images``; also at evaluation)
     y <- uniform labels      the random-targets control (seed 004)
 
 All of it is a pure function of (x, y, key), jitted into the training step.
@@ -10,6 +11,7 @@ All of it is a pure function of (x, y, key), jitted into the training step.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import jax
@@ -37,6 +39,8 @@ class Preprocess:
     Attributes:
       augment: ``"none"`` or ``"crop_flip"`` (needs ``image_shape`` (H, W, C)).
       image_shape: the shape of one flat input row.
+      to_images: hand the model ``(batch, H, W, C)`` images instead of flat rows (needs
+        ``image_shape`` (H, W, C)): the input of a convolutional energy.
       mean, std: per-channel standardisation constants (``None``: identity).
       random_targets: train on i.i.d. uniform labels in ``[0, n_classes)``.
       n_classes: needed by ``random_targets``.
@@ -48,6 +52,7 @@ class Preprocess:
     std: Optional[tuple] = None
     random_targets: bool = False
     n_classes: int = 0
+    to_images: bool = False
 
     def __post_init__(self):
         if self.augment not in AUGMENTS:
@@ -55,6 +60,10 @@ class Preprocess:
         if self.augment == "crop_flip" and (self.image_shape is None or len(self.image_shape) != 3):
             raise ValueError(
                 f"augment: 'crop_flip' needs (H, W, C) images, received image_shape {self.image_shape}"
+            )
+        if self.to_images and (self.image_shape is None or len(self.image_shape) != 3):
+            raise ValueError(
+                f"to_images: needs (H, W, C) images, received image_shape {self.image_shape}"
             )
         if (self.mean is None) != (self.std is None):
             raise ValueError(f"mean, std: expected both or neither, received {self.mean}, {self.std}")
@@ -74,10 +83,20 @@ class Preprocess:
         k_aug, k_y = jax.random.split(key)
         if self.augment == "crop_flip":
             x = crop_flip(x, k_aug, self.image_shape)
-        x = self.standardize(x)
+        x = self._shape(self.standardize(x))
         if self.random_targets:
             y = jax.random.randint(k_y, y.shape, 0, self.n_classes, y.dtype)
         return x, y
 
     def eval(self, x):
-        return self.standardize(x)
+        return self._shape(self.standardize(x))
+
+    def _shape(self, x):
+        if not self.to_images:
+            return x
+        if x.ndim != 2 or x.shape[1] != math.prod(self.image_shape):
+            raise ValueError(
+                f"x: expected flat rows of {math.prod(self.image_shape)} values (image_shape "
+                f"{tuple(self.image_shape)}), received shape {x.shape}"
+            )
+        return x.reshape(x.shape[0], *self.image_shape)

@@ -13,8 +13,10 @@
 
 ``model.kind`` says what is trained: ``"layered"`` (an energy from ``ep_jax.energies`` relaxed by
 gradient descent, trained by an EP-family rule from ``ep_jax.rules``), ``"mlp"`` (the feed-forward
-net of a backprop twin, ``rule="backprop"``) or ``"residual"`` (seed 004's ResidualMLP, trained by
-``rule="residual-ep"`` or ``"backprop"``). Each field says which kinds use it; a field the kind
+net of a backprop twin, ``rule="backprop"``), ``"residual"`` (seed 004's ResidualMLP, trained by
+``rule="residual-ep"`` or ``"backprop"``) or ``"conv"`` (a convolutional Hopfield net,
+``ep_jax.energies.conv_hopfield``, relaxed by gradient descent or fixed-point sweeps, trained by
+any rule of ``ep_jax.rules``, ``"bptt"`` included). Each field says which kinds use it; a field the kind
 does not use must keep its default, so no setting is silently ignored.
 
 Field names are unique across sections: ``cfg.with_overrides(beta=0.3, hidden=(500,))`` and the
@@ -28,7 +30,8 @@ is resumed (e.g. more epochs). ``loop.epochs`` is safe only under a constant sch
 schedule decays the rates over the whole run, so its length is part of the fingerprint.
 
 Every EP preset has a ``bp-`` twin: the same layer sizes, data split, batch size and epochs,
-trained by backprop (``ep_jax.backprop``), so every EP number has its baseline on the same split.
+trained by backprop (``ep_jax.backprop``), so every EP number has its baseline on the same split;
+a conv preset's twin is the same config with ``rule="bptt"`` (backprop through the relaxation).
 """
 
 from __future__ import annotations
@@ -40,10 +43,15 @@ import math
 import typing
 from typing import Any, Optional
 
-LAYERED, MLP, RESIDUAL = "layered", "mlp", "residual"
-KINDS = (LAYERED, MLP, RESIDUAL)
+LAYERED, MLP, RESIDUAL, CONV = "layered", "mlp", "residual", "conv"
+KINDS = (LAYERED, MLP, RESIDUAL, CONV)
 BACKPROP, RESIDUAL_EP = "backprop", "residual-ep"
 COSTS = ("squared_error", "cross_entropy")
+# A conv net's softmax readout (Laborieux et al. 2021): a head outside the dynamics, in the cost.
+SOFTMAX_READOUT = "softmax_readout"
+# Relaxation solvers of layered and conv nets: projected gradient descent (step_size) or
+# fixed-point sweeps s_l <- rho(h_l), all layers at once or even layers then odd layers.
+SOLVERS = ("gradient_descent", "fixed_point_sync", "fixed_point_async")
 SCHEDULES = ("constant", "cosine")
 STATE_INITS = ("zeros", "feedforward")
 DIVERGENCE_POLICIES = ("warn", "stop")
@@ -72,14 +80,16 @@ def _choice_tables() -> tuple[dict, dict]:
         "kind": KINDS, "energy": ENERGIES, "activation": ACTIVATIONS, "state_init": STATE_INITS,
         "inner_optimizer": INNER_OPTIMIZERS, "embedding_gradient": EMBEDDING_GRADIENTS,
         "batch_scaling": BATCH_SCALINGS, "schedule": SCHEDULES, "augment": AUGMENTS,
-        "on_divergence": DIVERGENCE_POLICIES,
+        "on_divergence": DIVERGENCE_POLICIES, "solver": SOLVERS, "input_activation": ACTIVATIONS,
     }
     per_kind = {
-        "rule": {LAYERED: RULES, MLP: (BACKPROP,), RESIDUAL: (RESIDUAL_EP, BACKPROP)},
+        "rule": {LAYERED: RULES, MLP: (BACKPROP,), RESIDUAL: (RESIDUAL_EP, BACKPROP), CONV: RULES},
         # The residual model's only loss is softmax cross-entropy, its only optimizer seed 004's
         # per-part AdamW.
-        "cost": {LAYERED: COSTS, MLP: COSTS, RESIDUAL: ("cross_entropy",)},
-        "optimizer": {LAYERED: EP_OPTIMIZERS, MLP: BP_OPTIMIZERS, RESIDUAL: ("adamw",)},
+        "cost": {LAYERED: COSTS, MLP: COSTS, RESIDUAL: ("cross_entropy",),
+                 CONV: COSTS + (SOFTMAX_READOUT,)},
+        "optimizer": {LAYERED: EP_OPTIMIZERS, MLP: BP_OPTIMIZERS, RESIDUAL: ("adamw",),
+                      CONV: EP_OPTIMIZERS},
     }
     return shared, per_kind
 
@@ -136,14 +146,20 @@ class ModelConfig(_Section):
     """What is trained.
 
     Attributes:
-      kind: ``"layered"``, ``"mlp"`` or ``"residual"`` (see the module docstring).
+      kind: ``"layered"``, ``"mlp"``, ``"residual"`` or ``"conv"`` (see the module docstring).
       hidden: hidden layer sizes (input and output sizes come from the data); ``(d,)``, the
-        block width, for a residual model.
-      energy: the energy of a layered net (``ep_jax.energies.ENERGIES``).
+        block width, for a residual model; for a conv net, the dense layers between the last
+        feature map and the output (may be empty).
+      energy: the energy of a layered net (``ep_jax.energies.ENERGIES``); a conv net's is
+        ``conv_hopfield``.
       activation: the per-layer activation (``ep_jax.activations.ACTIVATIONS``) of a layered
-        net or an MLP.
+        net, a conv net or an MLP.
       n_blocks: residual blocks.
       dropout: the MLP's inverted-dropout rate on its hidden layers, in [0, 1).
+      channels, kernels, strides, paddings, pools: a conv net's feature-map layers, one entry
+        each: output channels, square kernel size, stride, symmetric zero padding and max-pool
+        window (= its stride; 1: no pooling) (``ep_jax.energies.ConvLayer``).
+      input_activation: rho applied to a conv net's clamped input (Laborieux: ``identity``).
     """
 
     SECTION = "model"
@@ -151,12 +167,24 @@ class ModelConfig(_Section):
     kind: str = _field(LAYERED)
     hidden: tuple[int, ...] = _field((100,))
     energy: str = _field("hopfield", used_by=(LAYERED,))
-    activation: str = _field("hard_sigmoid", used_by=(LAYERED, MLP))
+    activation: str = _field("hard_sigmoid", used_by=(LAYERED, MLP, CONV))
     n_blocks: int = _field(4, used_by=(RESIDUAL,))
     dropout: float = _field(0.0, used_by=(MLP,))
+    channels: tuple[int, ...] = _field((32, 64), used_by=(CONV,))
+    kernels: tuple[int, ...] = _field((5, 5), used_by=(CONV,))
+    strides: tuple[int, ...] = _field((1, 1), used_by=(CONV,))
+    paddings: tuple[int, ...] = _field((0, 0), used_by=(CONV,))
+    pools: tuple[int, ...] = _field((2, 2), used_by=(CONV,))
+    input_activation: str = _field("identity", used_by=(CONV,))
 
     def __post_init__(self):
-        self._tuple("hidden", int, lambda n: n >= 1, "a non-empty sequence of sizes >= 1")
+        # A conv net may go from its last map straight to the output (or its readout).
+        if not (self.kind == CONV and isinstance(self.hidden, (tuple, list)) and not self.hidden):
+            self._tuple("hidden", int, lambda n: n >= 1, "a non-empty sequence of sizes >= 1")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        for name in ("channels", "kernels", "strides", "pools"):
+            self._tuple(name, int, lambda n: n >= 1, "a non-empty sequence of ints >= 1")
+        self._tuple("paddings", int, lambda n: n >= 0, "a non-empty sequence of ints >= 0")
         self._int("n_blocks", 1)
         self._number("dropout")
         if not 0.0 <= self.dropout < 1.0:
@@ -174,8 +202,13 @@ class RuleConfig(_Section):
         it under backprop too, as they use every residual-EP field below.
       cost: ``"squared_error"`` or ``"cross_entropy"`` on the output layer (the BP twin's loss);
         a residual model's is cross-entropy.
-      step_size: epsilon of the relaxation s <- clip(s - eps dF/ds, 0, 1); for a residual model,
-        the rate of the nudged phase's inner optimizer.
+      step_size: epsilon of the relaxation s <- clip(s - eps dF/ds, 0, 1) (``solver=
+        "gradient_descent"``); for a residual model, the rate of the nudged phase's inner
+        optimizer.
+      solver: how a layered or conv net relaxes: ``"gradient_descent"`` (step_size, projected
+        to [0, 1] under the hard sigmoid), ``"fixed_point_sync"`` (every layer s_l <- rho(h_l)
+        from the old state, Laborieux et al. 2021) or ``"fixed_point_async"`` (even layers,
+        then odd layers: Scellier et al. 2023) (``ep_jax.solvers.FixedPoint``).
       free_steps, nudged_steps: relaxation steps of the free and nudged phases in training; for
         a residual model, ``nudged_steps`` are the inner optimizer's steps.
       eval_max_steps, eval_tol: evaluation relaxes the free phase from ``state_init`` until the
@@ -192,15 +225,16 @@ class RuleConfig(_Section):
     SECTION = "rule"
 
     rule: str = _field("ep-random-sign")
-    beta: float = _field(0.5, used_by=(LAYERED, RESIDUAL))
+    beta: float = _field(0.5, used_by=(LAYERED, RESIDUAL, CONV))
     cost: str = _field("squared_error")
-    step_size: float = _field(0.5, used_by=(LAYERED, RESIDUAL))
-    free_steps: int = _field(20, used_by=(LAYERED,))
-    nudged_steps: int = _field(4, used_by=(LAYERED, RESIDUAL))
-    eval_max_steps: int = _field(100, used_by=(LAYERED,))
-    eval_tol: Optional[float] = _field(1e-4, used_by=(LAYERED,))
-    persistent: bool = _field(True, used_by=(LAYERED,))
-    state_init: str = _field("zeros", used_by=(LAYERED,))
+    step_size: float = _field(0.5, used_by=(LAYERED, RESIDUAL, CONV))
+    free_steps: int = _field(20, used_by=(LAYERED, CONV))
+    nudged_steps: int = _field(4, used_by=(LAYERED, RESIDUAL, CONV))
+    eval_max_steps: int = _field(100, used_by=(LAYERED, CONV))
+    eval_tol: Optional[float] = _field(1e-4, used_by=(LAYERED, CONV))
+    persistent: bool = _field(True, used_by=(LAYERED, CONV))
+    state_init: str = _field("zeros", used_by=(LAYERED, CONV))
+    solver: str = _field("gradient_descent", used_by=(LAYERED, CONV))
     inner_optimizer: str = _field("sgd", used_by=(RESIDUAL,))
     embedding_gradient: str = _field("exact", used_by=(RESIDUAL,))
     batch_scaling: str = _field("per-example", used_by=(RESIDUAL,))
@@ -221,8 +255,11 @@ class OptimizerConfig(_Section):
     Attributes:
       optimizer: a layered net's per-layer optimizer (``ep_jax.optim.OPTIMIZERS``), the MLP's
         (``ep_jax.backprop.OPTIMIZERS``), or ``"adamw"`` (the residual model's per-part AdamW).
-      alphas: a layered net's learning rates, one per connection (the seeds' alphas).
-      learning_rate, weight_decay: the MLP's and the residual model's.
+      alphas: a layered or conv net's learning rates, one per connection (the seeds' alphas;
+        a conv net's last one is its output connection or its softmax readout's).
+      learning_rate: the MLP's and the residual model's.
+      weight_decay: lambda >= 0; AdamW's decoupled decay (``adamw``), otherwise an L2 term
+        lambda theta added to the gradient (PyTorch's SGD ``weight_decay``, Laborieux et al.).
       schedule: ``"constant"`` or ``"cosine"`` decay of every rate over the run.
       grad_clip: clip the update to this global norm (``None``: no clipping).
     """
@@ -230,9 +267,9 @@ class OptimizerConfig(_Section):
     SECTION = "optimizer"
 
     optimizer: str = _field("sgd")
-    alphas: tuple[float, ...] = _field((0.1, 0.05), used_by=(LAYERED,))
+    alphas: tuple[float, ...] = _field((0.1, 0.05), used_by=(LAYERED, CONV))
     learning_rate: float = _field(1e-3, used_by=(MLP, RESIDUAL))
-    weight_decay: float = _field(0.0, used_by=(MLP, RESIDUAL))
+    weight_decay: float = _field(0.0, used_by=(MLP, RESIDUAL, LAYERED, CONV))
     schedule: str = _field("constant")
     grad_clip: Optional[float] = _field(None)
 
@@ -240,6 +277,8 @@ class OptimizerConfig(_Section):
         self._tuple("alphas", float, math.isfinite, "a non-empty sequence of learning rates")
         self._number("learning_rate", positive=True)
         self._number("weight_decay")
+        if self.weight_decay < 0:
+            self._fail("weight_decay", "a number >= 0")
         self._number("grad_clip", optional=True, positive=True)
 
 
@@ -250,7 +289,8 @@ class DataConfig(_Section):
     Attributes:
       dataset: a name from ``ep_jax.app.data.DATASETS`` (or any name with ``train(data=...)``).
       batch_size: examples per step; the last partial batch of an epoch is dropped.
-      augment: ``"none"`` or ``"crop_flip"`` (random 4-pixel-padded crop + flip; images only).
+      augment: ``"none"`` or ``"crop_flip"`` (random 4-pixel-padded crop + flip; images only;
+        residual and conv models).
       random_targets: train on i.i.d. random labels (seed 004's control run).
     """
 
@@ -258,7 +298,7 @@ class DataConfig(_Section):
 
     dataset: str = _field("digits")
     batch_size: int = _field(20)
-    augment: str = _field("none", used_by=(RESIDUAL,))
+    augment: str = _field("none", used_by=(RESIDUAL, CONV))
     random_targets: bool = _field(False, used_by=(RESIDUAL,))
 
     def __post_init__(self):
@@ -328,7 +368,7 @@ class DevicesConfig(_Section):
 
     devices: int = _field(1, resume=SAFE)
     mesh: Optional[str] = _field(None, resume=SAFE)
-    precision: str = _field("float32", used_by=(LAYERED,))
+    precision: str = _field("float32", used_by=(LAYERED, CONV))
 
     def __post_init__(self):
         from ep_jax.precision import PRECISIONS
@@ -436,6 +476,39 @@ class TrainConfig:
             raise ValueError(
                 f"optimizer.alphas: expected {len(hidden) + 1} learning rates (one per connection "
                 f"of a net with model.hidden={hidden}), received {len(self.optimizer.alphas)}"
+            )
+        if kind == CONV:
+            self._check_conv()
+        if kind == LAYERED and self.model.energy == "conv_hopfield":
+            raise ValueError(
+                "model.energy: 'conv_hopfield' is built by model.kind='conv' (from its channels, "
+                "kernels, ... fields); expected a layered energy, received 'conv_hopfield'"
+            )
+        if kind in (LAYERED, CONV) and self.rule.solver != "gradient_descent" and (
+                self.rule.step_size != RuleConfig.step_size):
+            raise ValueError(
+                f"rule.step_size: not used by rule.solver={self.rule.solver!r} (fixed-point sweeps "
+                f"have no step); expected its default {RuleConfig.step_size!r}, received "
+                f"{self.rule.step_size!r}"
+            )
+
+    def _check_conv(self) -> None:
+        """A conv net: one entry per map layer in each layer field, one rate per connection."""
+        m = self.model
+        n = len(m.channels)
+        for name in ("kernels", "strides", "paddings", "pools"):
+            if len(getattr(m, name)) != n:
+                raise ValueError(
+                    f"model.{name}: expected {n} entries (one per conv layer of model.channels="
+                    f"{m.channels}), received {getattr(m, name)}"
+                )
+        want = n + len(m.hidden) + 1
+        if len(self.optimizer.alphas) != want:
+            raise ValueError(
+                f"optimizer.alphas: expected {want} learning rates ({n} conv layers, "
+                f"{len(m.hidden)} dense layers of model.hidden and the output"
+                f"{' readout' if self.rule.cost == SOFTMAX_READOUT else ''}), received "
+                f"{len(self.optimizer.alphas)}"
             )
 
     def _fields(self):
@@ -625,6 +698,71 @@ _RESIDUAL_MNIST10K = _RESIDUAL_CIFAR10.with_overrides(
     dataset="mnist10k", epochs=30, augment="none", log_every=4, eval_every=1, checkpoint_every=5,
 )
 
+# Convolutional Hopfield nets (ep_jax.energies.conv_hopfield). Each bp- twin is the same config
+# with rule="bptt": the same energy, relaxation, optimizer and data, the gradient taken exactly by
+# backprop through the free phase's steps (Laborieux et al. 2021's BPTT baseline).
+_CONV_MNIST10K = TrainConfig(
+    preset="conv-mnist10k",
+    description="a small convolutional Hopfield net on MNIST-10k (28x28 in [0, 1]; first 8000 "
+    "test-set images for training, last 2000 for testing): conv 16 5x5 stride 2 (12x12), conv 32 "
+    "5x5 stride 2 (4x4), softmax readout; symmetric EP (beta 0.5), asynchronous fixed-point "
+    "sweeps (8 free / 4 per nudged phase), batch 50, SGD momentum 0.9, cosine decay, 5 epochs",
+    # Strided convolutions instead of 2x2 max pools: the same map sizes at a quarter of the
+    # work (a pool computes the convolution at full resolution first), for a 2-core CPU.
+    model=ModelConfig(kind=CONV, hidden=(), channels=(16, 32), kernels=(5, 5), strides=(2, 2),
+                      paddings=(0, 0), pools=(1, 1)),
+    rule=RuleConfig(rule="ep-symmetric", beta=0.5, cost=SOFTMAX_READOUT, solver="fixed_point_async",
+                    free_steps=8, nudged_steps=4, eval_max_steps=50, eval_tol=1e-4,
+                    persistent=False),
+    optimizer=OptimizerConfig(optimizer="momentum", alphas=(0.1, 0.1, 0.05), schedule="cosine"),
+    data=DataConfig(dataset="mnist10k", batch_size=50),
+    loop=LoopConfig(epochs=5, log_every=4),
+)
+
+# Laborieux et al. 2021 (their README's "cel --softmax --thirdphase" CIFAR-10 command): 11.7%
+# test error. Departures: the crop pads with zeros (theirs: edge pixels); evaluation runs the same
+# 250 free steps as training (theirs too) and so reports converged = 0.
+_LABORIEUX_CIFAR10 = TrainConfig(
+    preset="laborieux2021-cifar10",
+    description="Laborieux et al. 2021, convolutional EP on CIFAR-10: conv 128-256-512-512 (3x3, "
+    "paddings 1,1,1,0, 2x2 max pools), softmax readout (fc 10), shifted hard sigmoid, symmetric "
+    "EP ('third phase') beta 1.0, synchronous fixed-point dynamics T1 250 / T2 25, batch 128, SGD "
+    "momentum 0.9, per-layer rates 0.25 0.15 0.1 0.08 0.05, weight decay 3e-4, cosine decay, 120 "
+    "epochs, random crop + flip (paper: 11.7% test error)",
+    model=ModelConfig(kind=CONV, hidden=(), channels=(128, 256, 512, 512), kernels=(3, 3, 3, 3),
+                      strides=(1, 1, 1, 1), paddings=(1, 1, 1, 0), pools=(2, 2, 2, 2),
+                      activation="shifted_hard_sigmoid"),
+    rule=RuleConfig(rule="ep-symmetric", beta=1.0, cost=SOFTMAX_READOUT, solver="fixed_point_sync",
+                    free_steps=250, nudged_steps=25, eval_max_steps=250, eval_tol=None,
+                    persistent=False),
+    optimizer=OptimizerConfig(optimizer="momentum", alphas=(0.25, 0.15, 0.1, 0.08, 0.05),
+                              weight_decay=3e-4, schedule="cosine"),
+    data=DataConfig(dataset="cifar10", batch_size=128, augment="crop_flip"),
+    loop=LoopConfig(epochs=120, log_every=10, eval_every=5, checkpoint_every=5),
+)
+# Scellier et al. 2023 (energy-based learning algorithms for analog computing): the same net
+# relaxed by asynchronous (even/odd) sweeps, which converge in fewer steps.
+_SCELLIER_CIFAR10 = _LABORIEUX_CIFAR10.with_overrides(
+    preset="scellier2023-cifar10",
+    description="Scellier et al. 2023's setting of the Laborieux et al. 2021 CIFAR-10 net: the "
+    "same conv 128-256-512-512 net, optimizer, data and symmetric EP (beta 1.0), relaxed by "
+    "asynchronous fixed-point sweeps (even layers, then odd) with fewer steps: 60 free / 20 "
+    "nudged (evaluation: 60)",
+    solver="fixed_point_async", free_steps=60, nudged_steps=20, eval_max_steps=60,
+)
+
+
+def _bptt_twin(cfg: TrainConfig) -> TrainConfig:
+    """The BPTT twin of a conv preset: the same config, ``rule="bptt"`` (beta and the nudged
+    steps are kept but unused: BPTT has no nudged phase)."""
+    return dataclasses.replace(
+        cfg, preset="bp-" + cfg.preset,
+        description="BPTT twin of " + cfg.preset + ": the same config with rule='bptt' (backprop "
+        "through the free phase's fixed steps, the exact gradient EP estimates)",
+        rule=dataclasses.replace(cfg.rule, rule="bptt"),
+    )
+
+
 PRESETS: dict[str, TrainConfig] = {}
 for _cfg in (_DIGITS, _XOR, _MNIST10K, _S1, _S2, _S3):
     PRESETS[_cfg.preset] = _cfg
@@ -632,6 +770,9 @@ for _cfg in (_DIGITS, _XOR, _MNIST10K, _S1, _S2, _S3):
 for _cfg in (_RESIDUAL_MNIST10K, _RESIDUAL_CIFAR10):
     PRESETS[_cfg.preset] = _cfg
     PRESETS["bp-" + _cfg.preset] = _twin(_cfg, _RESIDUAL_OPT)
+for _cfg in (_CONV_MNIST10K, _LABORIEUX_CIFAR10, _SCELLIER_CIFAR10):
+    PRESETS[_cfg.preset] = _cfg
+    PRESETS["bp-" + _cfg.preset] = _bptt_twin(_cfg)
 DEFAULT_PRESET = "digits"
 
 

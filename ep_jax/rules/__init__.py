@@ -17,6 +17,7 @@ from ep_jax.rules.base import (
     nudged_phase,
     total_energy_grad_difference,
 )
+from ep_jax.rules.bptt import bptt_gradient
 from ep_jax.rules.chl import chl_gradient
 from ep_jax.rules.coupled import coupled_gradient
 from ep_jax.rules.ep import ep_gradient
@@ -31,6 +32,7 @@ RULES = {
     "ep-symmetric": functools.partial(ep_gradient, variant="symmetric"),
     "chl": chl_gradient,
     "coupled": coupled_gradient,
+    "bptt": bptt_gradient,
     "first-step": first_step_gradient,
     "ep-holomorphic": holomorphic_gradient,  # options: points (N), schedule; beta = |beta|
     "pc": pc_gradient,
