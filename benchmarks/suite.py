@@ -24,6 +24,8 @@ Usage (from the repository root)::
     python benchmarks/suite.py --suite cpu               # the fuller CPU grid (~15 min)
     python benchmarks/suite.py --suite gpu               # the large grid (accelerators only)
     python benchmarks/suite.py --suite smoke --json /tmp/s.json --markdown /tmp/s.md --plots-dir /tmp/p
+    python -m benchmarks.suite --suite conv-cpu          # conv EP rows vs tests/reference/torch_conv.py
+    python -m benchmarks.suite --suite conv-gpu          # the issue's full CIFAR-10 step (accelerators)
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from ep_jax import bench  # noqa: E402
+from ep_jax import bench, bench_conv  # noqa: E402
 from ep_jax.bench import CENTER, DEMO, TOL, Row, Settings, flops, fmt, ms  # noqa: E402
 from tests.reference import torch_refs  # noqa: E402
 
@@ -439,6 +441,211 @@ def exponents(rows) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
+# Conv rows (ep_jax/bench_conv.py) side by side with tests/reference/torch_conv.py
+# ------------------------------------------------------------------------------------------
+# The plain-PyTorch variants timed per row; the torch.compile one takes the fastest eager one's
+# layout and update path. Their fastest is "torch best".
+TORCH_CONV_EAGER = (
+    ("eager_nchw_hand", {"update": "hand", "channels_last": False}),
+    ("eager_channels_last_hand", {"update": "hand", "channels_last": True}),
+    ("eager_channels_last_autograd", {"update": "autograd", "channels_last": True}),
+)
+
+
+def torch_conv_peak(light: bool = False) -> dict:
+    """torch's GFLOP/s on the chain of ``bench_conv.conv_peak`` (same shape, 3x3 'same' convs),
+    NCHW and channels-last, the better one, best of 5."""
+    import torch.nn.functional as F
+
+    B, H, W, C = bench_conv.PEAK_SHAPE["light" if light else ("cpu" if torch_refs.torch_device() == "cpu"
+                                                               else "accelerator")]
+    k = 4 if torch_refs.torch_device() == "cpu" else 16
+    best = {}
+    for fmt_name, mf in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        a = torch.randn(B, C, H, W, device=torch_refs.torch_device()).contiguous(memory_format=mf)
+        w = (torch.randn(C, C, 3, 3, device=a.device) / (9 * C) ** 0.5).contiguous(memory_format=mf)
+
+        def chain():
+            v = a
+            for _ in range(k):
+                v = F.conv2d(v, w, padding=1)
+            return v
+
+        with torch.no_grad():
+            chain()
+            torch_refs.sync(torch_refs.torch_device())
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                chain()
+                torch_refs.sync(torch_refs.torch_device())
+                ts.append(time.perf_counter() - t0)
+        best[fmt_name] = 2 * B * H * W * C * 9 * C * k / min(ts) / 1e9
+    fmt_best = max(best, key=best.get)
+    return {"float32": {"gflops": best[fmt_best], "layout": fmt_best, "by_layout": best,
+                        "shape_nchw": [B, C, H, W], "convs": k}}
+
+
+def bench_torch_conv(row, name, kw, params, x_np, y_np, settings: Settings) -> dict:
+    """One torch variant of a conv row, timed like the JAX step (first step incl. any
+    compilation, then ``warmup`` steps, then the samples); skipped if measuring it would exceed
+    the suite's per-row budget."""
+    from tests.reference import torch_conv
+
+    base = {"name": name, **kw}
+    try:
+        ref, why = torch_conv.make(row.in_shape, torch_conv.conv_layers(row.conv), (), params,
+                                   cost="readout", t_free=row.t_free, t_nudged=row.t_nudged,
+                                   beta=bench_conv.BETA, order=row.order, lrs=row.rates(),
+                                   dtype=torch_refs.TORCH_DTYPES[row.dtype],
+                                   device=torch_refs.torch_device(), **kw)
+        if why is not None:
+            return {**base, "status": "failed", "reason": f"torch.compile: {why}"}
+        x, y = ref.inputs(x_np, y_np)
+        t0 = time.perf_counter()
+        ref.step(x, y)  # torch.compile compiles here
+        ref.sync()
+        first_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref.step(x, y)
+        ref.sync()
+        one_s = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 -- a failing variant (e.g. torch.compile) is recorded
+        return {**base, "status": "failed",
+                "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                "traceback": traceback.format_exc(limit=3)}
+    n_more = max(0, settings.warmup - 1) + settings.torch_repeats
+    if n_more * one_s > settings.row_budget_s:
+        return {**base, "status": "skipped", "first_step_s": first_s, "one_step_s": one_s,
+                "reason": f"one step took {one_s:.1f} s: {n_more} more would exceed the "
+                          f"{settings.row_budget_s:.0f} s row budget"}
+    for _ in range(max(0, settings.warmup - 1)):
+        ref.step(x, y)
+    ref.sync()
+    ticks0 = bench.cpu_ticks()
+    samples, inner = bench.time_samples(lambda: ref.step(x, y), ref.sync, settings.torch_repeats,
+                                        settings.min_sample_s, one_s)
+    return {**base, "status": "ok", "first_step_s_incl_compile": first_s,
+            **bench.summary(samples, inner),
+            "cpu_during_timing": bench.cpu_usage(ticks0, bench.cpu_ticks())}
+
+
+def run_conv_row(row, settings: Settings, limits: dict) -> dict:
+    """The JAX row of ep_jax.bench_conv, then the torch variants on the same inputs."""
+    out = bench_conv.run_conv_row(row, settings, limits)
+    if out["status"] != "ok":
+        return out
+    t0 = time.perf_counter()
+    params, x, y = bench_conv.row_inputs(row)  # exactly the JAX side's
+    variants = {}
+    for name, kw in TORCH_CONV_EAGER:
+        print(f"    torch {name} ...", flush=True)
+        variants[name] = bench_torch_conv(row, name, kw, params, x, y, settings)
+    ok = {k: v for k, v in variants.items() if v["status"] == "ok"}
+    if row.compile and ok:
+        best_eager = min(ok, key=lambda k: ok[k]["median_ms"])
+        kw = {**dict(TORCH_CONV_EAGER)[best_eager], "compile": True}
+        print(f"    torch compile ({best_eager}'s layout and update) ...", flush=True)
+        variants["compile"] = bench_torch_conv(row, "compile", kw, params, x, y, settings)
+    ok = {k: v for k, v in variants.items() if v["status"] == "ok"}
+    eager = {k: v for k, v in ok.items() if k != "compile"}
+    out["torch"] = {"variants": variants,
+                    "eager": min(eager.values(), key=lambda v: v["median_ms"]) if eager else None,
+                    "compile": variants.get("compile")}
+    if ok:
+        best = min(ok, key=lambda k: ok[k]["median_ms"])
+        out["torch_best_variant"] = best
+        out["torch_best_ms"] = ok[best]["median_ms"]
+        out["speedup_vs_torch_best"] = ok[best]["median_ms"] / out["median_ms"]
+        out["torch_best_gflops"] = out["flops"]["training_step"] / (ok[best]["median_ms"] / 1e3) / 1e9
+        out["torch_best_peak_fraction"] = out["torch_best_gflops"] / out["peak_gflops"]
+    else:
+        out["torch_best_variant"] = out["torch_best_ms"] = out["speedup_vs_torch_best"] = None
+    out["row_wall_s"] += time.perf_counter() - t0
+    return out
+
+
+CONV_TORCH_NOTES = [
+    "PyTorch: `tests/reference/torch_conv.py` (`TorchConvEP`), the same energy, sweeps and "
+    "symmetric-EP update derived by hand (no autograd in the relaxation, `torch.no_grad`, input "
+    "drive once per step, forward conv + `max_unpool2d` + `conv_transpose2d` per connection and "
+    "sweep, states never re-clamped); variants: NCHW or channels-last maps, the parameter "
+    "gradient by hand (`conv2d_weight`) or by autograd of E once per phase, and `torch.compile` "
+    "of the sweep on the fastest eager variant; torch best = the fastest; torch / JAX = its "
+    "median / JAX's median (> 1: JAX faster). Same parameters, batch, step counts and process, "
+    "timed after the JAX side; torch intra-op threads = the cores JAX uses.",
+    "Agreement (checked before timing; tiny net, float32): free, +beta and -beta states and "
+    "the gradient of torch and JAX, both sweep orders, readout and squared-error costs "
+    "(`reference_checks` in the JSON).",
+]
+
+
+def conv_environment(suite: str) -> dict:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from tests.reference import torch_conv
+
+    torch_conv.set_threads(n)  # the same cores as XLA's CPU client uses
+    return environment(suite)
+
+
+def conv_main(args) -> int:
+    """``--suite conv-*``: ep_jax/bench_conv.py's rows with the torch variants."""
+    from tests.reference import torch_conv
+
+    try:
+        rows_spec = bench_conv.select_conv_rows(args.suite, args.only)
+        if args.list:
+            for row in rows_spec:
+                print(row.id, row.tag)
+            return 0
+        results = REPO / "benchmarks" / "results"
+        stem = args.suite.replace("-", "_")
+        json_path = Path(args.json) if args.json else results / f"{stem}.json"
+        md_path = Path(args.markdown) if args.markdown else results / f"{stem}.md"
+        bench.refuse_existing({"--json": json_path, "--markdown": md_path}, args.overwrite)
+    except (ValueError, FileExistsError) as err:
+        print(f"python -m benchmarks.suite: error: {err}", file=sys.stderr)
+        return 2
+    t_start, ticks_start = time.perf_counter(), bench.cpu_ticks()
+    settings = bench_conv.CONV_SUITES[args.suite]
+    env = conv_environment(args.suite)
+    print(f"suite {args.suite} on {env['device_slug']} ({env['device_kind']}); torch on "
+          f"{env['torch_device']} ({env['torch_num_threads']} threads)", flush=True)
+    skip = bench.accelerator_skip(args.suite, settings, args.force)
+    checks = {}
+    if skip is not None:
+        limits = {}
+    else:
+        print("measuring the device: conv and matmul peaks (JAX, torch) ...", flush=True)
+        limits = bench_conv.measure_conv_limits(settings)
+        limits["torch_conv_peak"] = torch_conv_peak(settings.light_limits)
+        print("checking the torch reference against the JAX step ...", flush=True)
+        checks = torch_conv.check_conv_references(quick=args.suite == "conv-smoke")
+        print(f"  worst relative difference {max(checks.values()):.2e}", flush=True)
+    rows = bench.run_rows(rows_spec, lambda row: run_conv_row(row, settings, limits),
+                          _describe_conv, skip)
+    wall_s = time.perf_counter() - t_start
+    bench.finish_environment(env, ticks_start)
+    notes = bench_conv.NOTES + CONV_TORCH_NOTES
+    doc = {"environment": env, "suite": args.suite, "settings": dataclasses.asdict(settings),
+           "wall_s": wall_s, "limits": limits, "reference_checks": checks, "notes": notes,
+           "rows": rows}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    bench.write_json(json_path, doc)
+    bench_conv.write_markdown(md_path, env, rows, limits, wall_s, CONV_TORCH_NOTES, checks)
+    print(f"wall time {wall_s:.1f} s; wrote {json_path}, {md_path}", flush=True)
+    return 0
+
+
+def _describe_conv(r: dict) -> str:
+    return (f"JAX {r['median_ms']:.1f} ms/step ({r['gflops']:.1f} GFLOP/s, "
+            f"{100 * r['peak_fraction']:.0f}% of peak); torch best {fmt(r.get('torch_best_ms'), '.1f')} "
+            f"ms ({r.get('torch_best_variant')}); torch / JAX {fmt(r.get('speedup_vs_torch_best'), '.2f')} "
+            f"({r['row_wall_s']:.1f} s)")
+
+
+# ------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------
 def _describe(r: dict) -> str:
@@ -457,6 +664,8 @@ def main(argv=None) -> int:
     p.set_defaults(data_dir=os.environ.get(bench.DATA_DIR_ENV) or str(DATA_DIR))
     p.add_argument("--plots-dir", default=None, help="default: benchmarks/results/<device>_plots")
     args = bench.parse_args(p, argv)
+    if args.suite in bench.CONV_SUITE_NAMES:
+        return conv_main(args)
     try:
         rows_spec = bench.select_rows(args.suite, args.only)
         if args.list:

@@ -226,6 +226,8 @@ SUITES = {
     "gpu": Settings(7, 5, 3, 0.05, 60.0, accelerator_only=True),
     "full": Settings(7, 5, 3, 0.05, 120.0),
 }
+# Convolutional Hopfield rows: a separate grid and report (ep_jax/bench_conv.py)
+CONV_SUITE_NAMES = ("conv-smoke", "conv-cpu", "conv-gpu")
 
 
 # ------------------------------------------------------------------------------------------
@@ -1027,9 +1029,10 @@ def parser(prog: str = "ep-jax bench", description: str | None = None,
     """The options shared with benchmarks/suite.py (which adds --plots-dir); ``outputs``: the
     default results path without its extension (for the help)."""
     p = argparse.ArgumentParser(prog=prog, description=description or DESCRIPTION)
-    p.add_argument("--suite", default="quick", choices=list(SUITES),
+    p.add_argument("--suite", default="quick", choices=list(SUITES) + list(CONV_SUITE_NAMES),
                    help="smoke (seconds), quick (about a minute on 2 CPU cores), cpu (~15 min), "
-                        "gpu (accelerators), full")
+                        "gpu (accelerators), full; conv-smoke, conv-cpu, conv-gpu: convolutional "
+                        "Hopfield nets (ep_jax/bench_conv.py)")
     p.add_argument("--json", default=None, help=f"default: {outputs}.json")
     p.add_argument("--markdown", default=None, help=f"default: {outputs}.md")
     p.add_argument("--overwrite", action="store_true",
@@ -1061,6 +1064,10 @@ def _describe(r: dict) -> str:
 def main(argv=None) -> int:
     """``ep-jax bench``: runs a suite's rows (JAX only) and writes JSON and Markdown."""
     args = parse_args(parser(), argv)
+    if args.suite in CONV_SUITE_NAMES:
+        from ep_jax import bench_conv  # it builds on this module
+
+        return bench_conv.main_from_args(args)
     try:
         rows_spec = select_rows(args.suite, args.only)
         if args.list:
