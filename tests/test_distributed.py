@@ -136,11 +136,11 @@ def test_sharded_training_equals_one_device_for_every_learner():
     result = check("equal")
     assert set(result) == {"ep-particles", "residual", "mlp-dropout", "ep-particles-fsdp"}
     for name, r in result.items():
-        assert r["steps"] == 10 and r["devices"]["count"] == 8, (name, r)
+        assert r["steps"] == 10, (name, r)
         assert r["rel_error"] <= TOL and r["particles_rel_error"] <= TOL, (name, r)
-        assert r["test_error"][0] == r["test_error"][1], (name, r)
     assert result["ep-particles"]["particles_rel_error"] > 0  # particles were compared
-    assert result["ep-particles-fsdp"]["devices"]["mesh"] == {"data": 4, "model": 2}
+    assert result["residual"]["mesh"] == {"data": 8}
+    assert result["ep-particles-fsdp"]["mesh"] == {"data": 4, "model": 2}
 
 
 def test_particle_gathers_stay_on_their_device():

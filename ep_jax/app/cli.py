@@ -145,6 +145,19 @@ def _add_train(sub):
                    "(default: off, a new run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary "
                    "(default: off)")
+    hosts = p.add_argument_group(
+        "multi-host", "One ep-jax process per host, the same command on each (docs/DISTRIBUTED.md); "
+        "the mesh (--devices, --mesh) spans every host's devices; process 0 prints and writes.")
+    hosts.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() with what JAX detects (SLURM, TPU "
+                       "pods, JAX_COORDINATOR_ADDRESS, ...) (default: off, one process)")
+    hosts.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                       help="process 0's address; implies --distributed (default: detected)")
+    hosts.add_argument("--num-processes", type=int, default=None, metavar="N",
+                       help="processes of the run; implies --distributed (default: detected)")
+    hosts.add_argument("--process-id", type=int, default=None, metavar="I",
+                       help="this process's rank in 0..N-1; implies --distributed (default: "
+                       "detected)")
     fields = p.add_argument_group(
         "config fields", f"Each sets one section.field; the default shown is the {DEFAULT_PRESET} "
         "preset's (another --preset or a --config brings its own).")
@@ -298,6 +311,19 @@ def _train(args) -> int:
     from ep_jax.app.config import DEFAULT_PRESET, FIELD_SECTION, get_preset
     from ep_jax.app.train import new_run_dir, train
 
+    lead = True  # the process that prints (process 0 of a multi-process run)
+    multi = (args.distributed, args.coordinator_address, args.num_processes, args.process_id)
+    if any(v not in (None, False) for v in multi):
+        import jax
+
+        from ep_jax.distributed import initialize
+
+        initialize(args.coordinator_address, args.num_processes, args.process_id)  # before any
+        if jax.process_count() > 1 and args.out is None:  # other use of JAX's backend
+            raise ValueError("--out: expected a run directory on a filesystem every process sees "
+                             "(a multi-process run), received none")
+        if jax.process_index() != 0:
+            args.quiet, lead = True, False
     overrides = {name: getattr(args, name) for name in FIELD_SECTION if hasattr(args, name)}
     if args.config is not None and args.preset is not None:
         raise ValueError(f"--config {args.config}: expected either --config or --preset, received "
@@ -308,11 +334,13 @@ def _train(args) -> int:
     if args.resume and args.out is None:
         raise ValueError("--resume: expected --out, the run directory to continue")
     out = args.out or str(new_run_dir("runs", cfg.preset))
-    if not args.quiet:
+    if not args.quiet and lead:
         print(f"config ({out}/config.json):")
         print(cfg.to_json(), flush=True)
     summary = train(cfg, out_dir=out, data_dir=args.data_dir, resume=args.resume, quiet=args.quiet)
     summary.pop("state")
+    if not lead:
+        return 0
     if args.quiet:
         print(json.dumps(summary))
     else:

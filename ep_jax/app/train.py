@@ -324,6 +324,14 @@ class Run:
         r = distributed.replicated(self.mesh)
         return distributed.put(tree, jax.tree.map(lambda _: r, tree))
 
+    def initial_params(self):
+        """The parameters at initialisation (a function of the seed), computed on this process's
+        first device alone (process 0 plots them while the others do not take part)."""
+        learner = self.learner.learner if self.mesh is not None else self.learner
+        key = jnp.asarray(distributed.host_value(self.init_key))
+        init = jax.jit(learner.init, static_argnums=1)
+        return jax.device_get(learner.params(init(key, self.n_train)))
+
     def devices_record(self) -> dict:
         """The devices this run trains on (summary.json, provenance.jsonl)."""
         devs = jax.devices() if self.mesh is None else list(self.mesh.devices.flat)
@@ -560,7 +568,8 @@ def _train(cfg: TrainConfig, out: Optional[Path], *, data_dir, resume, quiet, da
                     + f"  {wall:5.2f} s"
                 )
             if flags:
-                say(f"epoch {epoch}: diverging: {'; '.join(flags)}")
+                if lead:
+                    say(f"epoch {epoch}: diverging: {'; '.join(flags)}")
                 if cfg.loop.on_divergence == "stop":
                     raise DivergenceError(
                         f"epoch {epoch} diverged ({'; '.join(flags)}) and loop.on_divergence is "
@@ -632,7 +641,7 @@ def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[P
         first = "embed" if kind == RESIDUAL else "layer_0"
         kernel = np.asarray(params[first]["kernel"])
         # The initial weights are a function of the seed: re-initialise to show what training changed.
-        initial = np.asarray(distributed.host_value(run.learner.params(run.init_state().learner)[first]["kernel"]))
+        initial = np.asarray(run.initial_params()[first]["kernel"])
         if kind == CONV:  # HWIO filters (k, k, C_in, C_out): one k x k x C_in tile per channel
             shape, kernel = kernel.shape[:3], kernel.reshape(-1, kernel.shape[-1])
             initial = initial.reshape(kernel.shape)
@@ -640,14 +649,14 @@ def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[P
                                              title=f"{run.cfg.preset}: first-layer weights, change from init"))
     if kind not in (MLP, RESIDUAL):  # EP nets: the last evaluation's relaxation, step by step
         solver = run.learner.eval_solver
-        trace = plots.relaxation_trace(run.learner.energy, params, run.Xt[:16], solver,
+        trace = plots.relaxation_trace(run.learner.energy, params, jnp.asarray(run.data.x_test[:16]), solver,
                                        state0=run.learner.state_init)
         paths.append(plots.plot_relaxation(trace, out / "relaxation.png", tol=solver.tol,
                                            title=f"{run.cfg.preset}: evaluation relaxation, 16 test examples"))
     if kind not in (RESIDUAL, CONV) and sum(run.sizes) <= MAX_GRAPH_UNITS:
         acts = None
         if kind == LAYERED:  # the state an EP net settles to; an MLP's graph shows weights only
-            x0 = run.Xt[:1]
+            x0 = jnp.asarray(run.data.x_test[:1])
             s0 = run.learner.energy.init_state(params, x0, run.learner.state_init)
             from ep_jax.solvers import relax
 
