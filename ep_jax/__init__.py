@@ -63,6 +63,7 @@ from ep_jax.solvers import (
 )
 from ep_jax.residual import ResidualEnergy, ResidualEP, ResidualMLP, residual_ep_gradient, residual_optimizer
 from ep_jax.credit import CreditReport, credit_diagnostics
+from ep_jax.distributed import DataParallel, ShardedRows, batch_order, make_mesh
 
 __version__ = "0.1.0"
 
@@ -85,7 +86,7 @@ def __getattr__(name):
 
 __all__ = [
     "ACTIVATIONS", "COSTS", "ENERGIES", "RULES", *_APP,
-    "BackpropLearner", "CreditReport", "ConditionalGaussian", "ConvHopfield", "ConvLayer", "EPLearner", "EPState", "Energy",
+    "BackpropLearner", "CreditReport", "DataParallel", "ShardedRows", "batch_order", "make_mesh", "ConditionalGaussian", "ConvHopfield", "ConvLayer", "EPLearner", "EPState", "Energy",
     "FixedPoint", "GradientDescent", "Hopfield", "LayeredEnergy", "Learner", "OptaxSolver",
     "Phases", "Preprocess", "Problem", "RelaxStats", "RelaxationError", "ResidualEP",
     "ResidualEnergy", "ResidualMLP", "RuleResult", "SoftmaxReadout", "Solver", "Stationary",

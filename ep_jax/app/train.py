@@ -672,7 +672,10 @@ def _restore_run(run_dir, data_dir, epoch):
     path = run_dir / "config.json"
     if not path.exists():
         raise checkpoint.CheckpointError(f"{path}: missing; --checkpoint expects a run directory")
-    run = Run(checkpoint.effective_config(run_dir), data_dir=data_dir)
+    cfg = checkpoint.effective_config(run_dir)
+    if jax.process_count() == 1:  # the checkpoint restores onto any mesh: here, one device
+        cfg = cfg.with_overrides(devices=1, mesh=None)
+    run = Run(cfg, data_dir=data_dir)
     if epoch is None:
         epoch = checkpoint.latest_epoch(run_dir)
         if epoch is None:
