@@ -304,3 +304,22 @@ def test_gradcheck_cli_conv_hopfield(capsys):
     assert out["in_shape"] == [6, 6, 1] and out["conv"] == [[3, 3, 1, 1, 2]]
     assert out["rel_error"] <= 1e-4 and out["rel_error_bptt"] <= 1e-4
     assert out["bptt_vs_implicit_rel_error"] < 1e-9
+
+
+@pytest.mark.slow
+def test_smooth_activation_sigmoid_is_exact_unprojected():
+    """A smooth rho (issue 15's holomorphic EP needs one) runs unprojected. With 1/2 rho(s)^2 a
+    stationary point needs every field inside (0, 1) (rho(s) = h): small kernels, biases near
+    1/2. The Hessian is flat (its eigenvalues are <= rho'^2 <= 1/16), so the O(beta^2) bias of
+    symmetric EP has a large constant: 1.4e-2 at beta = 1e-3, 1.3e-6 at beta = 1e-5."""
+    energy = conv_hopfield((6, 6, 1), [(3, 3, 1, 1, 2)], dense=(4,), activation="sigmoid")
+    params, x, y = random_net(energy, weight_scale=0.2, bias_range=(0.3, 0.7))
+    solver = GradientDescent(0.5, 20000, tol=TOL)
+    s, st = relax(energy, params, x, "zeros", solver=solver)
+    assert bool(st.converged)
+    g_exact, info = implicit_gradient(energy, params, x, y, s)
+    assert float(info.min_eigenvalue) > 0
+    rule = jax.jit(lambda p, b: get_rule("ep-symmetric")(energy, p, x, y, "zeros",
+                                                         phases=Phases(1e-3, solver, solver), beta=b))
+    err = [compare(rule(params, b)[0], g_exact)["rel_error"] for b in (1e-4, 1e-5)]
+    assert err[1] <= 1e-4 and 50 < err[0] / err[1] < 200, err  # O(beta^2)
