@@ -126,3 +126,13 @@ def test_guide_pages_render(site):
     # Offline: no page loads a script or stylesheet from the network.
     for page in site.glob("*.html"):
         assert not re.search(r'<(script|link)[^>]*(src|href)="https?://', page.read_text(encoding="utf-8")), page
+
+
+def test_the_home_page_api_example_runs_as_written(capsys):
+    text = (ROOT / "docs" / "index.md").read_text()
+    section = text.split("## The API in 30 lines", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/index.md", "exec"), {"__name__": "docs_example"})
+    out = capsys.readouterr().out
+    error = float(re.search(r"test error ([\d.]+)%", out).group(1))
+    assert error < 15.0, out  # three epochs on digits: far from chance (90%)
