@@ -97,6 +97,9 @@ def equal() -> dict:
     out = {}
     cases = [(name, cfg, None) for name, cfg in CONFIGS.items()]
     cases.append(("ep-particles-fsdp", CONFIGS["ep-particles"], "data=4,model=2"))
+    # Seed 004's batch-mean scaling: the nudged phase's step depends on the (global) batch size.
+    cases.append(("residual-batch-mean", CONFIGS["residual"].with_overrides(
+        batch_scaling="batch-mean"), None))
     for name, cfg, mesh in cases:
         shards = distributed.parse_mesh(mesh)["data"] if mesh else DEVICES
         a, run = train_steps(cfg.with_overrides(devices=DEVICES, mesh=mesh))

@@ -131,10 +131,12 @@ def test_a_one_device_mesh_trains_like_the_plain_path():
 
 @pytest.mark.slow
 def test_sharded_training_equals_one_device_for_every_learner():
-    """EP with particles, residual EP (AdamW, cosine, clipping), the MLP twin with dropout, and
-    an FSDP-style mesh (data=4, model=2): 10 steps on 8 devices vs one device."""
+    """EP with particles, residual EP (AdamW, cosine, clipping; per-example and seed 004's
+    batch-mean scaling), the MLP twin with dropout, and an FSDP-style mesh (data=4, model=2):
+    10 steps on 8 devices vs one device."""
     result = check("equal")
-    assert set(result) == {"ep-particles", "residual", "mlp-dropout", "ep-particles-fsdp"}
+    assert set(result) == {"ep-particles", "residual", "mlp-dropout", "ep-particles-fsdp",
+                           "residual-batch-mean"}
     for name, r in result.items():
         assert r["steps"] == 10, (name, r)
         assert r["rel_error"] <= TOL and r["particles_rel_error"] <= TOL, (name, r)
