@@ -6,12 +6,13 @@ nudged steps of eps 0.5, beta 0.5, batch 20):
 * **gradient agreement**: for every rule that relaxes through the energy (``ep_jax.rules.RULES``
   but seed 000's schemes), the estimate with bfloat16 (and float16) states against the float32
   one on the same params and batch: cosine and relative error, over ``--batches`` real training
-  batches, at the Glorot initialisation and at the params the float32 run of the first seed
-  ends with (free phases from zeros, the preset's beta);
+  batches, at the Glorot initialisation, after one float32 epoch and at the params the float32
+  run of the first seed ends with (free phases from zeros, the preset's beta);
 * **training**: ``ep-jax train --preset mnist10k`` (``ep_jax.app.train.train``, this process) in
-  float32 and with ``--precision bfloat16`` for each seed; test error at the last epoch. The
-  bfloat16 runs evaluate with ``--eval-tol 2^-7`` (the smallest tolerance bfloat16 states
-  resolve; the preset's 1e-4 is refused in bfloat16, see ``docs/PRECISION.md``).
+  float32 and with ``--precision bfloat16`` (and ``float16``, ``--precisions``) for each seed;
+  test error at the last epoch. Reduced-precision runs evaluate with ``--eval-tol`` set to the
+  smallest tolerance their states resolve (``Precision.resolution``: 2^-7 in bfloat16, 2^-10 in
+  float16; the preset's 1e-4 is refused there, see ``docs/PRECISION.md``).
 
 Targets (the issue): cosine >= 0.999 against float32 at the preset beta; test error within 0.3
 points of float32 (mean over 3 seeds). Writes ``benchmarks/results/precision_mnist10k.{json,md}``
@@ -19,7 +20,8 @@ points of float32 (mean over 3 seeds). Writes ``benchmarks/results/precision_mni
 
 Usage::
 
-    python benchmarks/precision_mnist10k.py [--epochs N] [--seeds 0,1,2] [--batches 5] [--overwrite]
+    python benchmarks/precision_mnist10k.py [--epochs N] [--seeds 0,1,2] [--batches 5]
+        [--precisions bfloat16,float16] [--overwrite]
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ if str(REPO) not in sys.path:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from ep_jax import compare, hopfield  # noqa: E402
+from ep_jax import EPState, compare, hopfield  # noqa: E402
 from ep_jax.app.build import build_learner  # noqa: E402
 from ep_jax.app.config import get_preset  # noqa: E402
 from ep_jax.app.data import load_dataset  # noqa: E402
@@ -52,7 +54,8 @@ from ep_jax.rules.seed000 import SEED000_RULES  # noqa: E402
 
 PRESET = "mnist10k"
 REDUCED = ("bfloat16", "float16")
-BF16_EVAL_TOL = 2.0 ** -7
+POINTS = {"init": "Glorot init", "epoch1_f32": "after 1 float32 epoch",
+          "trained_f32": "after the float32 run"}
 
 
 def gradient_agreement(params_by_point: dict, batches: list, phases, rules) -> list[dict]:
@@ -77,15 +80,28 @@ def gradient_agreement(params_by_point: dict, batches: list, phases, rules) -> l
         for point, params in params_by_point.items():
             ref = [g32(params, x, y) for x, y in batches]
             for prec, g_low in low.items():
-                cs = [compare(g_low(params, x, y), r) for (x, y), r in zip(batches, ref)]
+                est = [g_low(params, x, y) for x, y in batches]
+                cs = [compare(e, r) for e, r in zip(est, ref)]
+                # A reduced estimate that is exactly zero (the nudge moved no state by a
+                # representable amount) has no direction: counted, and its cosine taken as 0.
+                zero = [c["norm_estimate"] == 0.0 for c in cs]
+                cos = [0.0 if z else c["cosine"] for z, c in zip(zero, cs)]
+                # The batches' mean gradient (one estimate over all their examples).
+                pooled = compare(jax.tree.map(lambda *g: sum(g), *est),
+                                 jax.tree.map(lambda *g: sum(g), *ref))
                 row = {"rule": name, "params": point, "precision": prec,
-                       "cosine_min": min(c["cosine"] for c in cs),
-                       "cosine_mean": statistics.mean(c["cosine"] for c in cs),
+                       "cosine_min": min(cos), "cosine_mean": statistics.mean(cos),
+                       "cosine_pooled": pooled["cosine"],
                        "rel_error_max": max(c["rel_error"] for c in cs),
-                       "rel_error_mean": statistics.mean(c["rel_error"] for c in cs)}
+                       "rel_error_mean": statistics.mean(c["rel_error"] for c in cs),
+                       "zero_estimates": sum(zero),
+                       "norm_float32_mean": statistics.mean(c["norm_reference"] for c in cs),
+                       "norm_reduced_mean": statistics.mean(c["norm_estimate"] for c in cs)}
                 rows.append(row)
                 print(f"  {name:15s} {point:12s} {prec:9s} cosine min {row['cosine_min']:.6f} "
-                      f"rel.err max {row['rel_error_max']:.4f}", flush=True)
+                      f"pooled {row['cosine_pooled']:.6f} rel.err max {row['rel_error_max']:.4f} "
+                      f"|g| f32 {row['norm_float32_mean']:.3g} {prec} "
+                      f"{row['norm_reduced_mean']:.3g} zero {row['zero_estimates']}", flush=True)
     return rows
 
 
@@ -94,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's (25)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--batches", type=int, default=5, help="batches of the gradient agreement")
+    p.add_argument("--precisions", default="bfloat16,float16",
+                   help="reduced precisions trained besides float32 (gradients: always both)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
@@ -106,20 +124,33 @@ def main(argv=None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    trained = ["float32"] + [q for q in args.precisions.split(",") if q]
+    for q in trained[1:]:
+        if q not in REDUCED:
+            p.error(f"--precisions: expected names from {REDUCED}, received {q!r}")
     base = get_preset(PRESET)
     if args.epochs is not None:
         base = base.with_overrides(epochs=args.epochs)
     t_start = time.time()
 
-    # ---- training: float32 and bfloat16 per seed -----------------------------------------
+    # ---- training: float32 and each reduced precision per seed ----------------------------
+    ds = load_dataset(PRESET, data_dir=args.data_dir)
+    learner32 = build_learner(base, 784, 10, total_steps=1)
+    x_test, y_test = jnp.asarray(ds.x_test, jnp.float32), jnp.asarray(ds.y_test)
+    evaluate32 = jax.jit(lambda params: learner32.evaluate(EPState(params, (), ()), x_test,
+                                                           y_test)["error"])
+
+    def eval32(params):
+        return evaluate32(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params))
+
     runs = []
     final_params = None
     work = Path(tempfile.mkdtemp(prefix="precision_mnist10k_"))
     for seed in seeds:
-        for prec in ("float32", "bfloat16"):
+        for prec in trained:
             over = {"seed": seed, "precision": prec}
-            if prec == "bfloat16":
-                over["eval_tol"] = BF16_EVAL_TOL
+            if prec != "float32":
+                over["eval_tol"] = Precision(prec).resolution
             cfg = base.with_overrides(**over)
             t0 = time.time()
             s = train(cfg, out_dir=work / f"{prec}-{seed}", data_dir=args.data_dir, quiet=True,
@@ -127,6 +158,10 @@ def main(argv=None) -> int:
             row = {"seed": seed, "precision": prec, "eval_tol": cfg.rule.eval_tol,
                    "test_error": s["test_error"], "best_test_error": s["best_test_error"],
                    "train_error": s["train_error"], "seconds": round(time.time() - t0, 1)}
+            if prec != "float32":
+                # The same params evaluated by the float32 relaxation (the preset's tolerance):
+                # separates what training in reduced precision did from evaluating in it.
+                row["test_error_eval_float32"] = float(eval32(s["state"].learner.params))
             runs.append(row)
             print(f"{prec:9s} seed {seed}: test error {100 * row['test_error']:.2f}% "
                   f"(train {100 * row['train_error']:.2f}%), {row['seconds']} s", flush=True)
@@ -134,20 +169,22 @@ def main(argv=None) -> int:
                 final_params = s["state"].learner.params
 
     mean = {prec: statistics.mean(r["test_error"] for r in runs if r["precision"] == prec)
-            for prec in ("float32", "bfloat16")}
-    gap_points = 100 * (mean["bfloat16"] - mean["float32"])
+            for prec in trained}
+    mean_eval32 = {prec: statistics.mean(r["test_error_eval_float32"] for r in runs
+                                         if r["precision"] == prec) for prec in trained[1:]}
 
     # ---- gradient agreement ------------------------------------------------------------------
-    ds = load_dataset(PRESET, data_dir=args.data_dir)
     b = base.data.batch_size
     batches = [(jnp.asarray(ds.x_train[i * b:(i + 1) * b], jnp.float32),
                 jnp.asarray(ds.y_train[i * b:(i + 1) * b])) for i in range(args.batches)]
-    learner = build_learner(base, 784, 10, total_steps=1)
-    init = learner.energy.init_params(jax.random.PRNGKey(base.loop.seed))
+    init = learner32.energy.init_params(jax.random.PRNGKey(base.loop.seed))
     rules = [r for r in RULES if r not in SEED000_RULES]
+    # Mid-training params: one float32 epoch of the first seed (train error ~20%, not ~0%).
+    s1 = train(base.with_overrides(seed=seeds[0], epochs=1), out_dir=work / "float32-epoch1",
+               data_dir=args.data_dir, quiet=True, plots=False)
+    points = {"init": init, "epoch1_f32": s1["state"].learner.params, "trained_f32": final_params}
     print("gradient agreement (vs float32):", flush=True)
-    grad_rows = gradient_agreement({"init": init, "trained_f32": final_params}, batches,
-                                   learner.phases, rules)
+    grad_rows = gradient_agreement(points, batches, learner32.phases, rules)
 
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "device": str(jax.devices()[0]), "jax": jax.__version__,
@@ -158,19 +195,26 @@ def main(argv=None) -> int:
              "free_steps": base.rule.free_steps, "nudged_steps": base.rule.nudged_steps,
              "step_size": base.rule.step_size, "beta": base.rule.beta, "rule": base.rule.rule,
              "batch_size": b, "epochs": base.loop.epochs, "seeds": seeds,
-             "eval_tol_float32": base.rule.eval_tol, "eval_tol_bfloat16": BF16_EVAL_TOL,
+             "eval_tol": {q: base.rule.eval_tol if q == "float32" else Precision(q).resolution
+                          for q in trained},
              "gradient_batches": args.batches, "seeded_skipped": sorted(SEED000_RULES)}
-    bf16 = [r for r in grad_rows if r.get("precision") == "bfloat16"]
-    targets = {
-        "cosine_min_bfloat16": min(r["cosine_min"] for r in bf16),
-        "cosine_target": 0.999,
-        "cosine_met": min(r["cosine_min"] for r in bf16) >= 0.999,
-        "test_error_float32_mean": mean["float32"],
-        "test_error_bfloat16_mean": mean["bfloat16"],
-        "test_error_gap_points": gap_points,
-        "test_error_target_points": 0.3,
-        "test_error_met": abs(gap_points) <= 0.3,
-    }
+    targets = {}
+    for q in REDUCED:
+        rows = [r for r in grad_rows if r.get("precision") == q]
+        for point in POINTS:
+            at = [r for r in rows if r["params"] == point]
+            targets[f"cosine_min_{q}_{point}"] = min(r["cosine_min"] for r in at)
+            preset = next(r for r in at if r["rule"] == base.rule.rule)
+            targets[f"cosine_min_{q}_{point}_preset_rule"] = preset["cosine_min"]
+            targets[f"cosine_pooled_{q}_{point}_preset_rule"] = preset["cosine_pooled"]
+        if q in mean:
+            gap = 100 * (mean[q] - mean["float32"])
+            targets[f"test_error_{q}_mean"] = mean[q]
+            targets[f"test_error_gap_points_{q}"] = gap
+            targets[f"test_error_met_{q}"] = abs(gap) <= 0.3
+            targets[f"test_error_{q}_trained_eval_float32_mean"] = mean_eval32[q]
+    targets.update(cosine_target=0.999, test_error_float32_mean=mean["float32"],
+                   test_error_target_points=0.3)
     result = {"env": env, "setup": setup, "targets": targets, "runs": runs,
               "gradients": grad_rows}
     paths[0].write_text(json.dumps(result, indent=2) + "\n")
@@ -194,39 +238,66 @@ def markdown(r: dict) -> str:
         "",
         "## Targets",
         "",
-        "| target | measured | met |",
-        "| --- | --- | --- |",
-        f"| gradient cosine bf16 vs f32 >= 0.999 (every rule, batch, params point; minimum) | "
-        f"{t['cosine_min_bfloat16']:.5f} | {'yes' if t['cosine_met'] else 'no'} |",
-        f"| mnist10k test error within 0.3 points of float32 (mean of {len(setup['seeds'])} seeds) "
-        f"| {100 * t['test_error_bfloat16_mean']:.2f}% vs {100 * t['test_error_float32_mean']:.2f}% "
-        f"({t['test_error_gap_points']:+.2f} points) | {'yes' if t['test_error_met'] else 'no'} |",
+        "| target | precision | measured | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for q in REDUCED:
+        for point, what in POINTS.items():
+            c = t[f"cosine_min_{q}_{point}"]
+            lines.append(f"| gradient cosine vs float32 >= 0.999, every rule and batch, {what} "
+                         f"(minimum) | {q} | {c:.5f} | {'yes' if c >= 0.999 else 'no'} |")
+            c = t[f"cosine_min_{q}_{point}_preset_rule"]
+            c2 = t[f"cosine_pooled_{q}_{point}_preset_rule"]
+            lines.append(f"| the same, the preset's rule `{setup['rule']}` only (minimum; "
+                         f"pooled over the batches) | {q} | {c:.5f}; {c2:.5f} | "
+                         f"{'yes' if c >= 0.999 else 'no'}; {'yes' if c2 >= 0.999 else 'no'} |")
+        if f"test_error_{q}_mean" in t:
+            gap = t[f"test_error_gap_points_{q}"]
+            lines.append(
+                f"| mnist10k test error within 0.3 points of float32 (mean of "
+                f"{len(setup['seeds'])} seeds) | {q} | {100 * t[f'test_error_{q}_mean']:.2f}% vs "
+                f"{100 * t['test_error_float32_mean']:.2f}% ({gap:+.2f} points) | "
+                f"{'yes' if abs(gap) <= 0.3 else 'no'} |")
+            e32 = t[f"test_error_{q}_trained_eval_float32_mean"]
+            gap = 100 * (e32 - t["test_error_float32_mean"])
+            lines.append(
+                f"| the same params evaluated in float32 (tolerance {setup['eval_tol']['float32']}) "
+                f"| {q} | {100 * e32:.2f}% ({gap:+.2f} points) | {'yes' if abs(gap) <= 0.3 else 'no'} |")
+    lines += [
         "",
-        f"## Training ({setup['epochs']} epochs, `{setup['rule']}`; evaluation tolerance "
-        f"{setup['eval_tol_float32']} in float32, 2^-7 in bfloat16)",
+        f"## Training ({setup['epochs']} epochs, `{setup['rule']}`; evaluation tolerance: "
+        + ", ".join(f"{v:.3g} in {k}" for k, v in setup["eval_tol"].items()) + ")",
         "",
-        "| precision | seed | test error | best test error | train error | seconds |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| precision | seed | test error | same params, float32 evaluation | best test error | "
+        "train error | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in r["runs"]:
+        e32 = run.get("test_error_eval_float32")
         lines.append(f"| {run['precision']} | {run['seed']} | {100 * run['test_error']:.2f}% | "
+                     f"{'-' if e32 is None else f'{100 * e32:.2f}%'} | "
                      f"{100 * run['best_test_error']:.2f}% | {100 * run['train_error']:.2f}% | "
                      f"{run['seconds']} |")
     lines += [
         "",
         f"## Gradient agreement with float32 ({setup['gradient_batches']} real batches of "
-        f"{setup['batch_size']}; params at the Glorot init and at the end of the float32 run of "
-        f"seed {setup['seeds'][0]}; free phase from zeros)",
+        f"{setup['batch_size']}; params at the Glorot init, after one float32 epoch and at the end "
+        f"of the float32 run of seed {setup['seeds'][0]}; free phase from zeros; a reduced "
+        "estimate that is exactly zero counts as cosine 0)",
         "",
-        "| rule | params | precision | cosine (min) | cosine (mean) | rel. error (max) | rel. error (mean) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| rule | params | precision | cosine (min) | cosine (mean) | cosine (pooled) | "
+        "rel. error (max) | rel. error (mean) | mean norm f32 / reduced | zero estimates |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for g in r["gradients"]:
         if "skipped" in g:
-            lines.append(f"| {g['rule']} | - | - | skipped: {g['skipped'][:90]} | | | |")
+            lines.append(f"| {g['rule']} | - | - | skipped: {g['skipped'][:90]} | | | | | | |")
             continue
         lines.append(f"| {g['rule']} | {g['params']} | {g['precision']} | {g['cosine_min']:.6f} | "
-                     f"{g['cosine_mean']:.6f} | {g['rel_error_max']:.4f} | {g['rel_error_mean']:.4f} |")
+                     f"{g['cosine_mean']:.6f} | {g['cosine_pooled']:.6f} | "
+                     f"{g['rel_error_max']:.4f} | {g['rel_error_mean']:.4f} | "
+                     f"{g['norm_float32_mean']:.3g} / {g['norm_reduced_mean']:.3g} | "
+                     f"{g['zero_estimates']} |")
     lines += ["", f"Seed 000's schemes ({', '.join(setup['seeded_skipped'])}) sweep the float32 "
               "parameters themselves and are refused in reduced precision.", ""]
     return "\n".join(lines)

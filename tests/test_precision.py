@@ -69,6 +69,7 @@ def test_policy_keeps_params_grads_and_optimizer_in_float32_and_states_in_bfloat
                               np.asarray(res32.free_state[0].astype(BF16), np.float32))
 
 
+@pytest.mark.slow  # two compiles per rule and precision
 def test_every_rule_through_the_energy_stays_close_to_float32():
     """bfloat16: cosine >= 0.999, rel. error <= 5%; float16 (3 more bits): 1 - 1e-5 and 0.5%."""
     energy, params, x, y = random_net()
@@ -132,6 +133,7 @@ def test_refusals_name_the_setting():
     assert PRECISIONS == ("float32", "bfloat16", "float16")
 
 
+@pytest.mark.slow  # the float64 exact and BPTT gradients, then the rule in two precisions
 def test_gradcheck_reports_bfloat16_against_float32_and_the_exact_gradient():
     from ep_jax.gradcheck import GradcheckConfig, gradcheck
 
