@@ -124,7 +124,7 @@ def test_guide_pages_render(site):
     assert "include benchmarks/results" not in bench  # the hook replaced every include
     assert "<table>" in bench
     # Offline: no page loads a script or stylesheet from the network.
-    for page in site.glob("*.html"):
+    for page in site.rglob("*.html"):
         assert not re.search(r'<(script|link)[^>]*(src|href)="https?://', page.read_text(encoding="utf-8")), page
 
 
