@@ -441,6 +441,8 @@ def plot_relaxation(residuals: Any, path: PathLike, tol: float | None = None,
     left.plot(steps, np.nanmedian(shown, axis=1), color="black", lw=2, label="median")
     if tol is not None:
         left.axhline(tol, color="tab:red", ls="--", label=f"tolerance {tol:g}")
+    if np.any(r == 0):  # say so: a flat line at the bottom is an exact fixed point, not a stall
+        left.axhline(floor, color="gray", lw=0.5, label=f"exactly 0 (drawn at {floor:.0e})")
     left.set_yscale("log")
     left.set_xlabel("relaxation step")
     left.set_ylabel("residual ||s_{t+1} - s_t|| per example")
