@@ -30,7 +30,7 @@ from tests.test_train import tiny_cfg, tiny_data
 
 # One config of each model kind; every field is used by at least one of them.
 BASES = {"layered": tiny_cfg(), "mlp": get_preset("bp-digits"),
-         "residual": get_preset("residual-mnist10k")}
+         "residual": get_preset("residual-mnist10k"), "conv": get_preset("conv-mnist10k")}
 
 
 def all_paths() -> list[str]:

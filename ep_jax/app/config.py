@@ -72,6 +72,7 @@ def _choice_tables() -> tuple[dict, dict]:
     from ep_jax.backprop import OPTIMIZERS as BP_OPTIMIZERS
     from ep_jax.energies import ENERGIES
     from ep_jax.optim import OPTIMIZERS as EP_OPTIMIZERS
+    from ep_jax.precision import PRECISIONS
     from ep_jax.preprocess import AUGMENTS
     from ep_jax.residual import BATCH_SCALINGS, EMBEDDING_GRADIENTS, INNER_OPTIMIZERS
     from ep_jax.rules import RULES
@@ -81,6 +82,7 @@ def _choice_tables() -> tuple[dict, dict]:
         "inner_optimizer": INNER_OPTIMIZERS, "embedding_gradient": EMBEDDING_GRADIENTS,
         "batch_scaling": BATCH_SCALINGS, "schedule": SCHEDULES, "augment": AUGMENTS,
         "on_divergence": DIVERGENCE_POLICIES, "solver": SOLVERS, "input_activation": ACTIVATIONS,
+        "precision": PRECISIONS,
     }
     per_kind = {
         "rule": {LAYERED: RULES, MLP: (BACKPROP,), RESIDUAL: (RESIDUAL_EP, BACKPROP), CONV: RULES},
@@ -352,7 +354,9 @@ class DevicesConfig(_Section):
 
     Attributes:
       devices: devices of the mesh, the first ``devices`` of ``jax.devices()`` (all processes'
-        devices in a multi-host run); 0: every device.
+        devices in a multi-host run); 0: every device, or the ``mesh``'s size when one is given;
+        1 (default): one device without a mesh. Training-set size and batch size must be
+        multiples of the ``data`` axis size.
       mesh: the mesh layout ``"data=8"`` or ``"data=4,model=2"`` (axis ``data`` splits the
         batch, the persistent particles and the training set; axis ``model`` shards the wide
         parameters, FSDP-style); ``None``: ``"data=<devices>"``. Its sizes multiply to

@@ -649,7 +649,10 @@ def write_plots(run: Run, ts: TrainState, rows: list[dict], out: Path) -> list[P
                                              title=f"{run.cfg.preset}: first-layer weights, change from init"))
     if kind not in (MLP, RESIDUAL):  # EP nets: the last evaluation's relaxation, step by step
         solver = run.learner.eval_solver
-        trace = plots.relaxation_trace(run.learner.energy, params, jnp.asarray(run.data.x_test[:16]), solver,
+        x16 = jnp.asarray(run.data.x_test[:16])
+        if getattr(run.learner, "preprocess", None) is not None:  # e.g. a conv net's images
+            x16 = run.learner.preprocess.eval(x16)
+        trace = plots.relaxation_trace(run.learner.energy, params, x16, solver,
                                        state0=run.learner.state_init)
         paths.append(plots.plot_relaxation(trace, out / "relaxation.png", tol=solver.tol,
                                            title=f"{run.cfg.preset}: evaluation relaxation, 16 test examples"))
