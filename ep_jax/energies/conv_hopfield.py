@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ep_jax.activations import Activation, get_activation
-from ep_jax.energies.base import Energy, batch_sum
+from ep_jax.energies.base import HOLOMORPHIC_ACTIVATIONS, Energy, batch_sum, is_complex_tree
 from ep_jax.energies.layered import layer_name
 
 State = tuple  # (s_1, ..., s_L): maps (batch, H_l, W_l, C_l), then dense layers (batch, n_l)
@@ -285,8 +285,11 @@ class ConvHopfield(Energy):
         if l < len(self.conv):
             layer = self.conv[l]
             pad = layer.padding
+            # lax's conv needs one dtype: complex activities (holomorphic EP) meet real kernels
+            dtype = jnp.result_type(r, p["kernel"])
             z = jax.lax.conv_general_dilated(
-                r, p["kernel"], (layer.stride, layer.stride), ((pad, pad), (pad, pad)),
+                r.astype(dtype), p["kernel"].astype(dtype), (layer.stride, layer.stride),
+                ((pad, pad), (pad, pad)),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
             return max_pool(z + p["bias"], layer.pool)
@@ -326,13 +329,23 @@ class ConvHopfield(Energy):
         """True for the hard sigmoid: rho is exactly the identity (derivative 1) on [0, 1]."""
         return self.activation == "hard_sigmoid"
 
+    @property
+    def holomorphic(self) -> bool:
+        """True when E extends to a holomorphic function of complex states (holomorphic EP): a
+        holomorphic rho and no max-pool between free layers (a max has no complex extension;
+        the first layer's pool acts on the real input only)."""
+        return (self.activation in HOLOMORPHIC_ACTIVATIONS
+                and all(layer.pool == 1 for layer in self.conv[1:]))
+
     def state_grad(self, params: Params, state: State, x: jax.Array, *, drive=None,
                    in_box: bool = False) -> State:
         """dE/ds by autodiff of ``energy_from`` with the hoisted drive (no input conv in the
-        loop); ``in_box`` skips rho and rho' exactly (hard sigmoid, states in [0, 1])."""
+        loop); ``in_box`` skips rho and rho' exactly (hard sigmoid, states in [0, 1]). For a
+        complex state (holomorphic EP) the complex derivative dE/ds."""
         if drive is None:
             drive = self.input_drive(params, x)
-        return jax.grad(lambda s: jnp.sum(self.energy_from(params, s, drive, in_box)))(tuple(state))
+        return jax.grad(lambda s: jnp.sum(self.energy_from(params, s, drive, in_box)),
+                        holomorphic=is_complex_tree(state))(tuple(state))
 
     def layer_field(self, params: Params, state: State, x: jax.Array, l: int, *, drive=None,
                     in_box: bool = False) -> jax.Array:
@@ -351,28 +364,6 @@ class ConvHopfield(Energy):
             _, back = jax.vjp(lambda a: self.connect(params, l, a), r[l - 1])
             h = h + back(r[l])[0]
         return h
-
-    def param_grad_difference(self, params: Params, x: jax.Array, state_a: State, state_b: State,
-                              scale) -> Params:
-        """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), batch means, by one backward pass through
-
-            -mean_b [ <r^a_1 - r^b_1, connect_0(rho(x))> + sum_{l>=1} <r^a_{l+1}, connect_l(r^a_l)> - <r^b_{l+1}, connect_l(r^b_l)> ]
-
-        (the input conv is taken once for both states; the readout's entry is zero)."""
-        ra, rb = self.activities(tuple(state_a)), self.activities(tuple(state_b))
-        r0 = self.rho(0)(x)
-        diff = [ra[0] - rb[0]]
-
-        def contrast(p):
-            phi = batch_sum(diff[0] * self.connect(p, 0, r0))
-            for l in range(1, len(ra)):
-                phi = phi + batch_sum(ra[l] * self.connect(p, l, ra[l - 1]))
-                phi = phi - batch_sum(rb[l] * self.connect(p, l, rb[l - 1]))
-            return -jnp.mean(phi)
-
-        g = jax.grad(contrast)(params)
-        scale = jnp.asarray(scale, self.param_dtype(params))
-        return jax.tree.map(lambda t: scale * t, g)
 
     def feedforward_state(self, params: Params, x: jax.Array) -> State:
         """Bottom-up pass s_{l+1} = rho(connect_l(rho(s_l))): a warm start, not an equilibrium."""
