@@ -14,11 +14,13 @@ shared). Reference: the MLP ``mnist10k`` preset's 3.74 ± 0.28% (5 seeds,
 ``benchmarks/results/train_mnist10k_cpu.md``).
 
 Writes ``benchmarks/results/conv_mnist10k.{json,md}`` after every run (a partial study is saved as
-such); refuses to overwrite committed results without ``--overwrite``.
+such); refuses to overwrite committed results without ``--overwrite``. Parts of a study run as
+separate processes (e.g. the slower BPTT runs beside the EP runs) are combined with ``--merge``.
 
 Usage::
 
     nice -n 10 python benchmarks/conv_mnist10k.py [--seeds 0,1,2] [--runs ep,bp] [--overwrite]
+    python benchmarks/conv_mnist10k.py --merge PART_DIR PART_DIR ... [--note TEXT]
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--work", default="/tmp/conv_mnist10k_runs", help="the runs' directories")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="combine the results of parts run separately (their --out directories)")
+    p.add_argument("--note", action="append", default=[], help="a line for the notes (--merge)")
     args = p.parse_args(argv)
     out = Path(args.out)
     paths = [out / f"{NAME}.json", out / f"{NAME}.md"]
@@ -92,6 +97,8 @@ def main(argv=None) -> int:
         print(f"{paths[0]} exists: pass --overwrite to replace it", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return merge([Path(d) / f"{NAME}.json" for d in args.merge], paths, args.note)
     runs = args.runs.split(",")
     unknown = sorted(set(runs) - set(RUNS))
     if unknown:
@@ -125,6 +132,24 @@ def main(argv=None) -> int:
                   f"{s['train_wall_s'] / s['epochs']:.1f} s per epoch", flush=True)
             env["machine_at_end"] = machine()
             write(paths, env, results)
+    return 0
+
+
+def merge(parts: list[Path], paths, notes) -> int:
+    """One study from parts: their runs per name (in part order), the parts' environments kept."""
+    loaded = [json.loads(q.read_text()) for q in parts]
+    results: dict = {}
+    for part in loaded:
+        for name, r in part["results"].items():
+            entry = results.setdefault(name, {k: r[k] for k in ("preset", "config")} | {"runs": []})
+            entry["runs"] += r["runs"]
+            entry.update(summarize(entry["runs"]))
+    envs = [part["environment"] for part in loaded]
+    env = {"date": min(e["date"] for e in envs), "machine_at_start": envs[0]["machine_at_start"],
+           "machine_at_end": envs[-1].get("machine_at_end", envs[-1]["machine_at_start"]),
+           "seeds": sorted({s for e in envs for s in e["seeds"]}), "parts": envs, "notes": notes}
+    write(paths, env, results)
+    print(paths[1].read_text())
     return 0
 
 
@@ -183,6 +208,11 @@ def markdown(env, results, verdict) -> str:
         lines.append(f"- {r['preset']}: " + ", ".join(
             f"seed {x['seed']} {100 * x['test_error']:.2f}% ({x['train_s_per_epoch']:.1f} s/epoch)"
             for x in r["runs"]))
+    if env.get("parts"):
+        lines += ["", f"Run as {len(env['parts'])} concurrent processes (nice "
+                  f"{env['parts'][0]['machine_at_start']['nice']}), merged with --merge."]
+    if env.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {n}" for n in env["notes"]]]
     return "\n".join(lines) + "\n"
 
 
