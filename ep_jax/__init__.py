@@ -21,6 +21,9 @@ from ep_jax.costs import (
 )
 from ep_jax.energies import (
     ENERGIES,
+    AsymmetricHopfield,
+    asymmetric_hopfield,
+    weight_alignment,
     ConditionalGaussian,
     ConvHopfield,
     ConvLayer,
@@ -46,6 +49,7 @@ from ep_jax.rules import (
     ep_gradient,
     free_phase,
     get_rule,
+    holomorphic_gradient,
     nudged_phase,
     total_energy_grad_difference,
 )
@@ -86,6 +90,7 @@ def __getattr__(name):
 
 __all__ = [
     "ACTIVATIONS", "COSTS", "ENERGIES", "RULES", *_APP,
+    "AsymmetricHopfield", "asymmetric_hopfield", "holomorphic_gradient", "weight_alignment",
     "BackpropLearner", "CreditReport", "DataParallel", "ShardedRows", "batch_order", "make_mesh", "ConditionalGaussian", "ConvHopfield", "ConvLayer", "EPLearner", "EPState", "Energy",
     "FixedPoint", "GradientDescent", "Hopfield", "LayeredEnergy", "Learner", "OptaxSolver",
     "Phases", "Preprocess", "Problem", "RelaxStats", "RelaxationError", "ResidualEP",
