@@ -58,6 +58,10 @@ POINTS = {"init": "Glorot init", "epoch1_f32": "after 1 float32 epoch",
           "trained_f32": "after the float32 run"}
 
 
+def _f(v, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
 def gradient_agreement(params_by_point: dict, batches: list, phases, rules) -> list[dict]:
     """Per rule, precision and params point: cosine / rel. error vs float32 over the batches."""
     energy = hopfield((784, 500, 10))
@@ -82,26 +86,33 @@ def gradient_agreement(params_by_point: dict, batches: list, phases, rules) -> l
             for prec, g_low in low.items():
                 est = [g_low(params, x, y) for x, y in batches]
                 cs = [compare(e, r) for e, r in zip(est, ref)]
-                # A reduced estimate that is exactly zero (the nudge moved no state by a
-                # representable amount) has no direction: counted, and its cosine taken as 0.
-                zero = [c["norm_estimate"] == 0.0 for c in cs]
-                cos = [0.0 if z else c["cosine"] for z, c in zip(zero, cs)]
+                # Batches whose float32 estimate is exactly zero too (every output already on
+                # its target: the nudge moves nothing) agree trivially and are left out; a
+                # reduced estimate that is exactly zero where float32's is not (the nudge moved
+                # no state by a representable amount) has no direction: cosine 0.
+                both = [c["norm_estimate"] == 0.0 and c["norm_reference"] == 0.0 for c in cs]
+                kept = [c for c, z in zip(cs, both) if not z]
+                zero = sum(c["norm_estimate"] == 0.0 for c in kept)
+                cos = [0.0 if c["norm_estimate"] == 0.0 else c["cosine"] for c in kept]
+                rel = [c["rel_error"] for c in kept]
                 # The batches' mean gradient (one estimate over all their examples).
                 pooled = compare(jax.tree.map(lambda *g: sum(g), *est),
                                  jax.tree.map(lambda *g: sum(g), *ref))
                 row = {"rule": name, "params": point, "precision": prec,
-                       "cosine_min": min(cos), "cosine_mean": statistics.mean(cos),
+                       "cosine_min": min(cos) if cos else None,
+                       "cosine_mean": statistics.mean(cos) if cos else None,
                        "cosine_pooled": pooled["cosine"],
-                       "rel_error_max": max(c["rel_error"] for c in cs),
-                       "rel_error_mean": statistics.mean(c["rel_error"] for c in cs),
-                       "zero_estimates": sum(zero),
+                       "rel_error_max": max(rel) if rel else None,
+                       "rel_error_mean": statistics.mean(rel) if rel else None,
+                       "batches_compared": len(kept), "both_zero": sum(both),
+                       "zero_estimates": zero,
                        "norm_float32_mean": statistics.mean(c["norm_reference"] for c in cs),
                        "norm_reduced_mean": statistics.mean(c["norm_estimate"] for c in cs)}
                 rows.append(row)
-                print(f"  {name:15s} {point:12s} {prec:9s} cosine min {row['cosine_min']:.6f} "
-                      f"pooled {row['cosine_pooled']:.6f} rel.err max {row['rel_error_max']:.4f} "
+                print(f"  {name:15s} {point:12s} {prec:9s} cosine min {_f(row['cosine_min'], 6)} "
+                      f"pooled {row['cosine_pooled']:.6f} rel.err max {_f(row['rel_error_max'], 4)} "
                       f"|g| f32 {row['norm_float32_mean']:.3g} {prec} "
-                      f"{row['norm_reduced_mean']:.3g} zero {row['zero_estimates']}", flush=True)
+                      f"{row['norm_reduced_mean']:.3g} zero {zero} both zero {sum(both)}", flush=True)
     return rows
 
 
@@ -203,7 +214,8 @@ def main(argv=None) -> int:
         rows = [r for r in grad_rows if r.get("precision") == q]
         for point in POINTS:
             at = [r for r in rows if r["params"] == point]
-            targets[f"cosine_min_{q}_{point}"] = min(r["cosine_min"] for r in at)
+            targets[f"cosine_min_{q}_{point}"] = min(r["cosine_min"] for r in at
+                                                     if r["cosine_min"] is not None)
             preset = next(r for r in at if r["rule"] == base.rule.rule)
             targets[f"cosine_min_{q}_{point}_preset_rule"] = preset["cosine_min"]
             targets[f"cosine_pooled_{q}_{point}_preset_rule"] = preset["cosine_pooled"]
@@ -282,22 +294,24 @@ def markdown(r: dict) -> str:
         "",
         f"## Gradient agreement with float32 ({setup['gradient_batches']} real batches of "
         f"{setup['batch_size']}; params at the Glorot init, after one float32 epoch and at the end "
-        f"of the float32 run of seed {setup['seeds'][0]}; free phase from zeros; a reduced "
-        "estimate that is exactly zero counts as cosine 0)",
+        f"of the float32 run of seed {setup['seeds'][0]}; free phase from zeros; batches where both "
+        "estimates are exactly zero are left out, a reduced estimate that alone is zero counts as "
+        "cosine 0; pooled: the cosine of the batches' summed gradients)",
         "",
         "| rule | params | precision | cosine (min) | cosine (mean) | cosine (pooled) | "
-        "rel. error (max) | rel. error (mean) | mean norm f32 / reduced | zero estimates |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "rel. error (max) | rel. error (mean) | mean norm f32 / reduced | batches compared | "
+        "reduced zero | both zero |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for g in r["gradients"]:
         if "skipped" in g:
-            lines.append(f"| {g['rule']} | - | - | skipped: {g['skipped'][:90]} | | | | | | |")
+            lines.append(f"| {g['rule']} | - | - | skipped: {g['skipped'][:90]} | | | | | | | | |")
             continue
-        lines.append(f"| {g['rule']} | {g['params']} | {g['precision']} | {g['cosine_min']:.6f} | "
-                     f"{g['cosine_mean']:.6f} | {g['cosine_pooled']:.6f} | "
-                     f"{g['rel_error_max']:.4f} | {g['rel_error_mean']:.4f} | "
+        lines.append(f"| {g['rule']} | {g['params']} | {g['precision']} | {_f(g['cosine_min'], 6)} | "
+                     f"{_f(g['cosine_mean'], 6)} | {g['cosine_pooled']:.6f} | "
+                     f"{_f(g['rel_error_max'], 4)} | {_f(g['rel_error_mean'], 4)} | "
                      f"{g['norm_float32_mean']:.3g} / {g['norm_reduced_mean']:.3g} | "
-                     f"{g['zero_estimates']} |")
+                     f"{g['batches_compared']} | {g['zero_estimates']} | {g['both_zero']} |")
     lines += ["", f"Seed 000's schemes ({', '.join(setup['seeded_skipped'])}) sweep the float32 "
               "parameters themselves and are refused in reduced precision.", ""]
     return "\n".join(lines)
