@@ -40,6 +40,7 @@ from ep_jax.exact import bptt_gradient, compare, implicit_gradient
 from ep_jax.backprop import BackpropLearner
 from ep_jax.learner import EPLearner, EPState, Learner
 from ep_jax.optim import make_optimizer, per_layer, per_layer_sgd
+from ep_jax.precision import MixedPrecision, Precision
 from ep_jax.preprocess import Preprocess
 from ep_jax.rules import (
     RULES,
@@ -93,7 +94,7 @@ __all__ = [
     "AsymmetricHopfield", "asymmetric_hopfield", "holomorphic_gradient", "weight_alignment",
     "BackpropLearner", "CreditReport", "DataParallel", "ShardedRows", "batch_order", "make_mesh", "ConditionalGaussian", "ConvHopfield", "ConvLayer", "EPLearner", "EPState", "Energy",
     "FixedPoint", "GradientDescent", "Hopfield", "LayeredEnergy", "Learner", "OptaxSolver",
-    "Phases", "Preprocess", "Problem", "RelaxStats", "RelaxationError", "ResidualEP",
+    "MixedPrecision", "Phases", "Precision", "Preprocess", "Problem", "RelaxStats", "RelaxationError", "ResidualEP",
     "ResidualEnergy", "ResidualMLP", "RuleResult", "SoftmaxReadout", "Solver", "Stationary",
     "bptt_gradient", "check_stats", "classification_error", "compare", "conditional_gaussian",
     "conv_hopfield", "credit_diagnostics", "cross_entropy", "energy_grad_difference", "ep_gradient", "free_phase",
