@@ -90,7 +90,7 @@ class Precision:
                 f"update-norm tolerance would report stagnation as convergence), received {tol!r}"
             )
 
-    def check_rule(self, rule) -> None:
+    def check_rule(self, rule, name: str = "rule") -> None:
         """Raises ``ValueError`` for a rule the policy cannot reach: seed 000's schemes run their
         own sweeps on the parameters, not the energy's relaxation methods."""
         from ep_jax.rules.seed000 import SEED000_RULES
@@ -98,7 +98,7 @@ class Precision:
         named = isinstance(rule, str) and rule in SEED000_RULES
         if self.reduced and (named or any(rule is r for r in SEED000_RULES.values())):
             raise ValueError(
-                f"rule: {self.compute} relaxation supports the rules that relax through the "
+                f"{name}: {self.compute} relaxation supports the rules that relax through the "
                 f"energy (every rule but seed 000's schemes, which sweep the float32 parameters "
                 f"themselves), received {rule!r}; use precision float32 for it"
             )
