@@ -277,9 +277,9 @@ def plots(res: dict, out: Path, prefix: str) -> list[str]:
     for ax, (cname, rows) in zip(axes, ex["costs"].items()):
         for i, r in enumerate(ex["radii"]):
             errs = [rows["holomorphic"][str(n)][i] for n in ex["points"]]
-            line, = ax.semilogy(ex["points"], errs, "o-", label=f"holomorphic |beta|={r}")
+            line, = ax.semilogy(ex["points"], errs, "o-", label=f"holomorphic r = {r}")
             ax.axhline(rows["ep_symmetric"][i], color=line.get_color(), ls=":", lw=1)
-        ax.set_title(f"{cname}: error vs N (dotted: symmetric EP at the same beta)")
+        ax.set_title(f"{cname}: error vs N\n(dotted: real symmetric EP at beta = r)")
         ax.set_xlabel("points N on the circle")
         ax.set_ylabel("relative error vs implicit gradient")
         ax.legend(fontsize=7)
@@ -294,7 +294,7 @@ def plots(res: dict, out: Path, prefix: str) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for name in RULES:
             finals = [nz["runs"][f"{name} sigma={s}"]["final_test_error"] for s in nz["sigmas"]]
-            axes[0].plot(nz["sigmas"], [100 * f for f in finals], "o-", label=name)
+            axes[0].plot(nz["sigmas"], [100 * f for f in finals], "o-", label=name.replace("|beta|", "r"))
         axes[0].set_xlabel("state noise sigma (per unit, per step)")
         axes[0].set_ylabel(f"test error after {nz['epochs']} epochs (%)")
         axes[0].set_title("MNIST-10k: final test error vs noise")
@@ -302,7 +302,7 @@ def plots(res: dict, out: Path, prefix: str) -> list[str]:
         s = max(nz["sigmas"])
         for name in RULES:
             curve = nz["runs"][f"{name} sigma={s}"]["curve"]
-            axes[1].plot([c["epoch"] for c in curve], [100 * c["test_error"] for c in curve], "o-", label=name)
+            axes[1].plot([c["epoch"] for c in curve], [100 * c["test_error"] for c in curve], "o-", label=name.replace("|beta|", "r"))
         axes[1].set_xlabel("epoch")
         axes[1].set_ylabel("test error (%)")
         axes[1].set_title(f"curves at sigma = {s}")
@@ -319,7 +319,7 @@ def markdown(res: dict) -> str:
     lines = ["# Holomorphic EP and vector-field EP (`benchmarks/holomorphic_study.py`)", "",
              f"Device: {res['device']}; {res['note']}", "", "## 1. Exactness", "", ex["net"], ""]
     for cname, rows in ex["costs"].items():
-        lines += [f"### {cname}", "", "| N | " + " | ".join(f"|beta|={r}" for r in ex["radii"]) + " |",
+        lines += [f"### {cname}", "", "| N | " + " | ".join(f"r = {r}" for r in ex["radii"]) + " |",
                   "|---|" + "---|" * len(ex["radii"])]
         for n in ex["points"]:
             cells = [f"{e:.1e}" + ("" if c else " (not converged)")
@@ -333,9 +333,12 @@ def markdown(res: dict) -> str:
     nz = res.get("noise")
     if nz:
         lines += ["## 2. Noise robustness (MNIST-10k)", "",
-                  f"restricted_hopfield {'-'.join(map(str, nz['sizes']))} sigmoid, cross-entropy, batch "
+                  f"restricted_hopfield {'-'.join(map(str, nz['sizes']))} (activations {ACTIVATIONS}: "
+                  f"linear outputs read as logits), cross-entropy, batch "
                   f"{nz['batch']}, SGD lr {nz['lr']}, {nz['epochs']} epochs, 30 free / 15 nudged steps "
-                  "(eps 0.5), no particles; noise on training relaxations only.", "",
+                  "(eps 0.5), no particles; noise N(0, sigma^2) on every unit after every step of "
+                  "the training relaxations (real and imaginary parts), evaluation noise-free. "
+                  "r = |beta|.", "",
                   "| rule | " + " | ".join(f"sigma={s}" for s in nz["sigmas"]) + " |",
                   "|---|" + "---|" * len(nz["sigmas"])]
         for name in RULES:
@@ -343,10 +346,10 @@ def markdown(res: dict) -> str:
             for s in nz["sigmas"]:
                 run = nz["runs"][f"{name} sigma={s}"]
                 cells.append(f"{100 * run['final_test_error']:.2f}%" + ("" if run["finite_params"] else " (NaN)"))
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name.replace('|beta|', 'r')} | " + " | ".join(cells) + " |")
         lines += ["", "Test error per epoch:", ""]
         for key, run in nz["runs"].items():
-            lines.append(f"- {key}: " + ", ".join(f"{100 * c['test_error']:.1f}" for c in run["curve"]))
+            lines.append(f"- {key.replace('|beta|', 'r')}: " + ", ".join(f"{100 * c['test_error']:.1f}" for c in run["curve"]))
         lines.append("")
     tm = res.get("timing")
     if tm:
@@ -381,7 +384,14 @@ def main(argv=None) -> int:
     p.add_argument("--sigmas", type=lambda s: tuple(float(v) for v in s.split(",")), default=SIGMAS)
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the markdown from the committed JSON (no runs)")
     args = p.parse_args(argv)
+    if args.report_only:
+        res = json.loads((RESULTS / "holomorphic_study.json").read_text())
+        (RESULTS / "holomorphic_study.md").write_text(markdown(res))
+        plots(res, RESULTS, "holomorphic_study")
+        return 0
     out = Path(args.out) if args.out else (None if args.quick else RESULTS)
     prefix = "holomorphic_study"
     if out is not None:
