@@ -93,6 +93,23 @@ def test_every_rule_through_the_energy_stays_close_to_float32():
     assert {"ep", "ep-random-sign", "ep-symmetric", "chl", "coupled", "pc"} <= set(checked)
 
 
+def test_fixed_point_sweeps_and_conv_energies_relax_through_the_wrapper():
+    """``layer_field`` (FixedPoint) and a conv energy's maps run in bfloat16 too."""
+    from ep_jax import FixedPoint, make_energy
+
+    conv = make_energy("conv_hopfield", (8, 8, 1), conv=((4, 3, 1, 1, 2),), dense=(10,))
+    x_img = jax.random.uniform(jax.random.PRNGKey(1), (6, 8, 8, 1), F32)
+    energy, params, x, y = random_net()
+    sweeps = Phases(0.5, FixedPoint(20), FixedPoint(4))
+    for en, p, xs, ys in ((energy, params, x, y),
+                          (conv, conv.init_params(jax.random.PRNGKey(0)), x_img, jnp.arange(6))):
+        g32, _ = rule_grads("ep", en, p, xs, ys, sweeps)
+        g, res = rule_grads("ep", Precision("bfloat16").wrap(en), p, xs, ys, sweeps)
+        assert all(a.dtype == BF16 for a in jax.tree.leaves(res.free_state))
+        c = compare(g, g32)
+        assert c["cosine"] >= 0.999, (type(en).__name__, c)
+
+
 def _mnist_batch(n=20):
     from ep_jax.app.data import load_dataset
 
