@@ -96,7 +96,8 @@ def gradcheck(cfg: GradcheckConfig) -> dict:
         energy = make_energy(cfg.energy, cfg.sizes, **act)
     activations = getattr(energy, "activation", ())
     activations = (activations,) if isinstance(activations, str) else tuple(activations)
-    hard = "hard_sigmoid" in activations
+    # conv_hopfield's box activations (hard and shifted hard sigmoid) keep states in [0, 1] too
+    hard = "hard_sigmoid" in activations or (cfg.energy == "conv_hopfield" and energy.identity_on_unit_box)
     # conv_hopfield's 1/2 rho(s)^2 has a stationary point only for fields in rho's range: keep
     # them near 1/2 for smooth activations too.
     bias_range = cfg.bias_range or ((0.3, 0.7) if hard or cfg.energy == "conv_hopfield" else (-0.2, 0.2))

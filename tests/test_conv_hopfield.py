@@ -25,9 +25,9 @@ def small():
     return conv_hopfield((6, 6, 1), [(3, 3, 1, 1, 2)], dense=(4,))
 
 
-def two_maps():
+def two_maps(activation="hard_sigmoid"):
     """Stride 2 + padding, a second conv with a floor-dividing pool, then a dense output."""
-    return conv_hopfield((7, 7, 2), [(3, 3, 2, 1, 1), (4, 2, 1, 0, 2)], dense=(3,))
+    return conv_hopfield((7, 7, 2), [(3, 3, 2, 1, 1), (4, 2, 1, 0, 2)], dense=(3,), activation=activation)
 
 
 def readout_net():
@@ -64,9 +64,11 @@ def np_pool(z, p):
 
 
 def np_energy(energy, params, state, x):
+    """Box activations: r = clip(s, 0, 1) and 1/(2a) ||r||^2, a the slope of rho."""
     rho = lambda a: np.clip(a, 0, 1)  # noqa: E731
+    half = {"hard_sigmoid": 0.5, "shifted_hard_sigmoid": 1.0}[energy.activation]
     r = [np.asarray(x)] + [rho(np.asarray(s)) for s in state]
-    e = 0.5 * sum((a ** 2).reshape(len(a), -1).sum(1) for a in r[1:])
+    e = half * sum((a ** 2).reshape(len(a), -1).sum(1) for a in r[1:])
     for l in range(len(r) - 1):
         p = {k: np.asarray(v) for k, v in params[f"layer_{l}"].items()}
         if l < len(energy.conv):
@@ -78,11 +80,12 @@ def np_energy(energy, params, state, x):
     return e
 
 
-def test_energy_matches_numpy_loop_reference():
-    energy = two_maps()
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "shifted_hard_sigmoid"])
+def test_energy_matches_numpy_loop_reference(activation):
+    energy = two_maps(activation)
     assert energy.layer_shapes == ((4, 4, 3), (1, 1, 4), (3,))
     params, x, _ = random_net(energy)
-    state = random_state(energy, x)
+    state = tuple(1.4 * s - 0.2 for s in random_state(energy, x))  # some states outside [0, 1]
     np.testing.assert_allclose(energy(params, state, x), np_energy(energy, params, state, x), rtol=1e-12)
 
 
@@ -214,6 +217,27 @@ def test_sync_async_and_gradient_descent_reach_the_same_equilibrium():
     assert float(np.mean([np.mean((a > 0) & (a < 1)) for a in states["sync"]])) > 0.2  # not all saturated
 
 
+def test_shifted_hard_sigmoid_sweeps_are_laborieux_dynamics_and_stationary_points():
+    """One sweep is s_l <- (1 + hardtanh(h_l(s) - 1)) / 2 on the raw states (Laborieux's
+    my_hard_sig dynamics), and its fixed points are E's box-stationary points (E with ||r||^2)."""
+    energy = small_shifted = conv_hopfield((6, 6, 1), [(3, 3, 1, 1, 2)], dense=(4,),
+                                           activation="shifted_hard_sigmoid")
+    params, x, _ = random_net(small_shifted, weight_scale=2.0)
+    state = random_state(energy, x)
+    new, _ = relax(energy, params, x, state, solver=FixedPoint(1))
+    p = {n: {k: np.asarray(v) for k, v in d.items()} for n, d in params.items()}
+    s1, s2 = (np.asarray(s) for s in state)
+    rho = lambda h: (1 + np.clip(h - 1, -1, 1)) / 2  # noqa: E731
+    drive = np_pool(np_conv(np.asarray(x), p["layer_0"]["kernel"], p["layer_0"]["bias"], 1, 1), 2)
+    back = (s2 @ p["layer_1"]["kernel"].T).reshape(s1.shape)
+    np.testing.assert_allclose(new[0], rho(drive + back), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(new[1], rho(s1.reshape(5, -1) @ p["layer_1"]["kernel"] + p["layer_1"]["bias"]),
+                               rtol=1e-12, atol=1e-14)
+    states = relax_three_ways(energy, params, x)
+    assert_tree_close(states["async"], states["sync"], 0, 1e-10)
+    assert_tree_close(states["gd"], states["sync"], 0, 1e-10)
+
+
 def test_pools_between_free_layers_make_several_stationary_points():
     """-<r_2, maxpool(conv(W, r_1))> is concave in r_1: each solver ends at a stationary point on
     the box (checked in ``relax_three_ways``), not necessarily the same one."""
@@ -287,8 +311,10 @@ def test_ep_matches_implicit_gradient_and_bptt(readout):
 
 
 @pytest.mark.slow
-def test_gradcheck_cli_conv_hopfield(capsys):
-    argv = ["gradcheck", "--energy", "conv_hopfield", "--rule", "ep-symmetric", "--beta", "1e-3", "--x64"]
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "shifted_hard_sigmoid"])
+def test_gradcheck_cli_conv_hopfield(capsys, activation):
+    argv = ["gradcheck", "--energy", "conv_hopfield", "--rule", "ep-symmetric", "--beta", "1e-3", "--x64",
+            "--activation", activation]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["in_shape"] == [6, 6, 1] and out["conv"] == [[3, 3, 1, 1, 2]]

@@ -8,13 +8,22 @@ clamped. With activities ``r_l = rho(s_l)`` (``r_0 = input_activation(x)``)::
            - sum_{conv l}  < r_{l+1}, P_l( conv(W_l, r_l) + b_l ) >
            - sum_{dense l} < r_{l+1}, flat(r_l) W_l + b_l >
 
-per example, with ``conv`` the cross-correlation of ``jax.lax.conv_general_dilated`` (HWIO
-kernels, stride, symmetric zero padding), ``P_l`` a non-overlapping max-pool of window =
+per example (box activations: see below), with ``conv`` the cross-correlation of
+``jax.lax.conv_general_dilated`` (HWIO kernels, stride, symmetric zero padding), ``P_l`` a non-overlapping max-pool of window =
 stride = ``pool`` (identity for ``pool=1``) and ``flat`` the NHWC flattening of a map. This is
 the "activity" form of the layered ``Hopfield`` energy (the constant 1/2 ||r_0||^2 of the input
 is left out); with the hard sigmoid and states in [0, 1] it equals Laborieux's
 E = 1/2 sum ||s||^2 - Phi. Its fixed points s_l = rho(h_l), h_l = -dE_int/d r_l, are the
 stationary points of E on the box, which is what ``FixedPoint`` iterates.
+
+Box activations rho(s) = clip(a s, 0, 1) of slope a: the hard sigmoid (a = 1) and Laborieux's
+``shifted_hard_sigmoid`` (1 + hardtanh(s - 1)) / 2 (a = 1/2). For them the state lives in the
+box, r_l = clip(s_l, 0, 1), and the quadratic term is 1/(2a) ||r_l||^2 (Laborieux's primitive
+function with his s <- rho(dPhi/ds) dynamics): the box-stationary points are then exactly
+r_l = clip(a h_l) = rho(h_l), the fixed points of the sweeps. (The activity form
+1/2 ||rho(s)||^2 - Phi(rho(s)) would make every activation of the same range the same network
+up to a change of variable, and its sweeps s <- rho(h) would not be its stationary points for
+a != 1.) Smooth activations keep the activity form above.
 
 Max-pooling makes the coupling piecewise bilinear: within a region where every window's argmax
 is fixed it is bilinear, and the implicit gradient / EP are exact there (random inputs have no
@@ -27,10 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import jax
 import jax.numpy as jnp
 
-from ep_jax.activations import Activation, get_activation
+from ep_jax.activations import Activation, get_activation, hard_sigmoid
 from ep_jax.energies.base import HOLOMORPHIC_ACTIVATIONS, Energy, batch_sum, is_complex_tree
 from ep_jax.energies.layered import layer_name
 
@@ -38,6 +48,9 @@ State = tuple  # (s_1, ..., s_L): maps (batch, H_l, W_l, C_l), then dense layers
 Params = dict  # {"layer_l": {"kernel", "bias"}} (+ "readout" with readout_classes)
 
 READOUT = "readout"  # the key of the softmax readout's params (SoftmaxReadout(head="readout"))
+
+# Box activations rho(s) = clip(a s, 0, 1) by name: their slope a (see the module docstring).
+BOX_SLOPES = {"hard_sigmoid": 1.0, "shifted_hard_sigmoid": 0.5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,11 +314,13 @@ class ConvHopfield(Energy):
         return self.connect(params, 0, self.rho(0)(x))
 
     def activities(self, state: State, in_box: bool = False) -> list[jax.Array]:
-        """rho(s_l) of the free layers; with ``in_box`` (states in [0, 1], hard sigmoid) the
-        states themselves, which is exactly the same number."""
+        """r_l of the free layers: clip(s_l, 0, 1) for box activations, else rho(s_l); with
+        ``in_box`` (states known in [0, 1], box activations) the states themselves, which is
+        exactly the same number."""
         if in_box and self.identity_on_unit_box:
             return list(state)
-        return [self.rho(1)(s) for s in state]
+        act = hard_sigmoid if self.activation in BOX_SLOPES else self.rho(1)
+        return [act(s) for s in state]
 
     def coupling(self, params: Params, r: list, drive: jax.Array) -> jax.Array:
         """Phi = sum_l <r_{l+1}, connect_l(r_l)> per example, with connect_0 = ``drive``."""
@@ -318,7 +333,8 @@ class ConvHopfield(Energy):
                     in_box: bool = False) -> jax.Array:
         """E per example with the input drive given (the relaxation's view of E)."""
         r = self.activities(tuple(state), in_box)
-        return 0.5 * sum(batch_sum(a * a) for a in r) - self.coupling(params, r, drive)
+        half = 0.5 / BOX_SLOPES.get(self.activation, 1.0)  # 1/(2a); 1/2 for smooth activations
+        return half * sum(batch_sum(a * a) for a in r) - self.coupling(params, r, drive)
 
     def __call__(self, params: Params, state: State, x: jax.Array) -> jax.Array:
         return self.energy_from(params, state, self.input_drive(params, x))
@@ -326,8 +342,9 @@ class ConvHopfield(Energy):
     # ---- relaxation support --------------------------------------------------------------
     @property
     def identity_on_unit_box(self) -> bool:
-        """True for the hard sigmoid: rho is exactly the identity (derivative 1) on [0, 1]."""
-        return self.activation == "hard_sigmoid"
+        """True for the box activations: r = clip(s, 0, 1) is exactly the identity (derivative
+        1) on [0, 1], so solvers that keep states there (clip01, the sweeps) skip it."""
+        return self.activation in BOX_SLOPES
 
     @property
     def holomorphic(self) -> bool:
@@ -366,11 +383,11 @@ class ConvHopfield(Energy):
         return h
 
     def feedforward_state(self, params: Params, x: jax.Array) -> State:
-        """Bottom-up pass s_{l+1} = rho(connect_l(rho(s_l))): a warm start, not an equilibrium."""
+        """Bottom-up pass s_{l+1} = rho(connect_l(r_l)): a warm start, not an equilibrium."""
         s = self.rho(1)(self.input_drive(params, x))
         state = [s]
         for l in range(1, self.num_free_layers):
-            s = self.rho(l + 1)(self.connect(params, l, self.rho(l)(s)))
+            s = self.rho(l + 1)(self.connect(params, l, self.activities((s,))[0]))
             state.append(s)
         return tuple(state)
 
