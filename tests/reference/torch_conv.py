@@ -270,9 +270,12 @@ class TorchConvEP:
                for k in need}
         new = list(s)
         for l in layers:
-            h = drive if l == 1 else fwd[l - 1][0]
-            if l < L:
-                h = h + self._back(l, s[l], fwd[l][1])
+            if l == 1:  # the shared drive: never written to
+                h = drive.clone() if l == L else drive + self._back(l, s[l], fwd[l][1])
+            else:  # a fresh forward product, used once as a field: updated in place
+                h = fwd[l - 1][0]
+                if l < L:
+                    h = h.add_(self._back(l, s[l], fwd[l][1]))
             if l == L and y is not None:
                 out = s[L - 1]
                 h = (h - beta * self._cost_grad(out, y) + self.kappa * out) / (1.0 + self.kappa)
@@ -281,8 +284,8 @@ class TorchConvEP:
 
     @staticmethod
     def rho(h):
-        """The hard sigmoid of the free layers."""
-        return torch.clamp(h, 0.0, 1.0)
+        """The hard sigmoid of the free layers (in place: ``h`` is a fresh field)."""
+        return h.clamp_(0.0, 1.0)
 
     def sweep(self, s, drive, y=None, beta=0.0, from_zeros=False):
         """One fixed-point sweep (``self.order``); ``y``: the nudged phase's targets;
