@@ -183,6 +183,10 @@ def test_input_checks_name_argument_expected_and_received():
         readout_net().check_params(params)
     with pytest.raises(ValueError, match="x: expected shape"):  # relax checks before tracing
         relax(energy, params, x[..., 0], "zeros", solver=FixedPoint(3))
+    smooth = conv_hopfield((6, 6, 1), [(3, 3, 1, 1, 2)], dense=(4,), activation="sigmoid")
+    with pytest.raises(ValueError, match="FixedPoint sweeps s <- rho.h. are the stationary points of "
+                       "ConvHopfield only for .*received activation 'sigmoid'"):
+        relax(smooth, params, x, "zeros", solver=FixedPoint(3))
 
 
 def test_shifted_hard_sigmoid():

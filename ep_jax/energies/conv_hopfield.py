@@ -347,6 +347,17 @@ class ConvHopfield(Energy):
         return self.activation in BOX_SLOPES
 
     @property
+    def fixed_point_refusal(self) -> str | None:
+        """Why ``FixedPoint`` must not relax this energy (None: it may). The sweeps s <- rho(h)
+        are the box-stationary points only for box activations; for a smooth rho the activity
+        form's stationary points are rho(s) = h instead."""
+        if self.activation in BOX_SLOPES:
+            return None
+        return (f"FixedPoint sweeps s <- rho(h) are the stationary points of ConvHopfield only for "
+                f"{sorted(BOX_SLOPES)}, received activation {self.activation!r} (its stationary "
+                f"points satisfy rho(s) = h)")
+
+    @property
     def holomorphic(self) -> bool:
         """True when E extends to a holomorphic function of complex states (holomorphic EP): a
         holomorphic rho and no max-pool between free layers (a max has no complex extension;

@@ -60,6 +60,11 @@ class FixedPoint(Solver):
                 f"energy: FixedPoint needs a layered energy with a fixed-point form "
                 f"(layer_field), received {type(energy).__name__}; use GradientDescent or OptaxSolver"
             )
+        # An energy may declare that its sweeps s <- rho(h) are not its stationary points
+        # (ConvHopfield with a smooth rho): refused rather than silently relaxing something else.
+        reason = getattr(energy, "fixed_point_refusal", None)
+        if reason:
+            raise ValueError(f"energy: {reason}; use GradientDescent or OptaxSolver")
 
     def keeps_in_box(self, energy) -> bool:
         """After one sweep every state is rho(.) of a hard sigmoid: in [0, 1]."""
