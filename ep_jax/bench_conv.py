@@ -338,7 +338,7 @@ def write_markdown(path, env, rows, limits, wall_s, extra_notes=(), checks=None)
           f"({env['os_cpu_count']} logical cores, {env['affinity_cpus']} usable)",
           f"- versions: jax {env['jax']}, jaxlib {env['jaxlib']}, numpy {env['numpy']}"
           + (f", torch {env['torch']} ({env['torch_num_threads']} threads)" if "torch" in env else ""),
-          f"- measured peaks (GFLOP/s, float32): " + ", ".join(
+          "- measured peaks (GFLOP/s, float32): " + ", ".join(
               f"{k} {v['float32']['gflops']:.0f}" for k, v in limits.items()
               if isinstance(v, dict) and "float32" in v),
           f"- load average at start / end: {env.get('loadavg_start')} / {env.get('loadavg_end')}; "

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -20,7 +19,9 @@ torch = pytest.importorskip("torch")
 
 from tests.reference import torch_conv  # noqa: E402 -- needs torch
 
-STATE_TOL, GRAD_TOL, AUTOGRAD_TOL = 1e-5, 1e-5, 1e-4
+# float32: the gradient is a difference of two phases' sums (ep_jax takes it by autodiff of
+# E(s+) - E(s-)), relative rounding ~1e-5; a layout, tie or sign error gives > 1e-3
+STATE_TOL, GRAD_TOL, AUTOGRAD_TOL = 1e-5, 1e-4, 1e-4
 
 
 def test_torch_conv_step_matches_jax_synchronous_readout():
@@ -32,7 +33,6 @@ def test_torch_conv_step_matches_jax_synchronous_readout():
         assert d[f"hand/{what}"] <= STATE_TOL, d
         assert d[f"autograd/{what}"] <= STATE_TOL, d
     assert d["hand/gradient"] <= GRAD_TOL, d
-    # autograd differentiates E(s+) - E(s-) as one sum: more float32 cancellation
     assert d["autograd/gradient"] <= AUTOGRAD_TOL, d
 
 

@@ -345,7 +345,7 @@ class TorchConvEP:
 
     def grads_hand(self, x, y, sp, sm, idx0):
         """g = 1/(2 beta) [dF/dtheta(s^+, beta) - dF/dtheta(s^-, -beta)], batch means, by hand."""
-        B, c = x.shape[0], -0.5 / (self.beta * x.shape[0])  # dE/dtheta = -(coupling grad) / B
+        c = -0.5 / (self.beta * x.shape[0])  # dE/dtheta = -(coupling grad) / batch
         gW, gb = [], []
         for l in range(self.L):
             if l == 0:  # one product: the pool indices of the (fixed) input drive are shared
