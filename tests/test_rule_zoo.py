@@ -110,6 +110,8 @@ def test_pc_starts_from_the_feedforward_equilibrium():
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_jits_with_the_library_signature(name):
     energy = hopfield((4, 3, 2)) if not name.startswith("pc") else conditional_gaussian((4, 3, 2))
+    if name == "ep-holomorphic":  # complex states need a holomorphic energy (no hard sigmoid)
+        energy = hopfield((4, 3, 2), activation="sigmoid")
     if name == "seed000-first-step":  # the seed's formula needs every layer the output's size
         energy = hopfield((4, 2, 2), activation="sigmoid")
     params, x, y = _problem(energy)
@@ -125,6 +127,8 @@ def test_every_rule_jits_with_the_library_signature(name):
 def _gradcheck_setting(name):
     if name.startswith("pc"):
         return dict(PC)
+    if name == "ep-holomorphic":  # a holomorphic energy, unprojected (tests/test_holomorphic.py)
+        return dict(energy="restricted_hopfield", activation="sigmoid", x64=True)
     if name.startswith("seed000-"):  # the seed's net has no energy: a smooth Hopfield stands in
         setting = dict(energy="restricted_hopfield", activation="sigmoid", x64=True)
         if name == "seed000-first-step":
