@@ -89,6 +89,25 @@ def test_energy_matches_numpy_loop_reference(activation):
     np.testing.assert_allclose(energy(params, state, x), np_energy(energy, params, state, x), rtol=1e-12)
 
 
+def test_small_output_maps_take_the_matmul_conv_with_the_same_numbers():
+    """A conv whose output map is smaller than its kernel (the CIFAR-10 net's 4x4 -> 2x2 layer)
+    is computed as im2col + one product (fast transpose on XLA CPU): same energy as the numpy
+    loops, same value and vjp as lax's conv."""
+    energy = conv_hopfield((6, 6, 1), [(3, 3, 1, 1, 2), (4, 3, 1, 0, 1)], dense=(2,))
+    assert energy.layer_shapes[1] == (1, 1, 4)
+    params, x, _ = random_net(energy)
+    state = random_state(energy, x)
+    np.testing.assert_allclose(energy(params, state, x), np_energy(energy, params, state, x), rtol=1e-12)
+    r, w = state[0], params["layer_1"]["kernel"]
+    lax_conv = lambda r, w: jax.lax.conv_general_dilated(  # noqa: E731
+        r, w, (1, 1), ((0, 0), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    mine = lambda r, w: energy.connect(params | {"layer_1": {"kernel": w, "bias": 0 * params["layer_1"]["bias"]}}, 1, r)  # noqa: E731
+    u = state[1]
+    for a, b in zip(jax.vjp(mine, r, w)[1](u), jax.vjp(lax_conv, r, w)[1](u)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(mine(r, w), lax_conv(r, w), rtol=1e-12, atol=1e-13)
+
+
 def test_layer_field_and_state_grad_are_the_gradient_of_the_energy():
     """-dE/d r_l = h_l - r_l: the fixed-point form is the energy's gradient (in and out of the box)."""
     energy = two_maps()

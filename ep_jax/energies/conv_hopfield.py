@@ -95,6 +95,20 @@ def _as_layer(spec) -> ConvLayer:
         ) from None
 
 
+def conv_as_matmul(r: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The same cross-correlation as ``lax.conv_general_dilated`` (NHWC, HWIO) written as k*k
+    strided slices and one product (im2col). Its autodiff transpose (the feedback of a sweep) is
+    one product and k*k shifted adds, where XLA's CPU backend runs the transposed conv of an
+    output map smaller than the kernel (the CIFAR-10 net's 4x4 -> 2x2 layer) on a slow path
+    (~200x slower, measured in docs/CONV_BENCH.md)."""
+    k, _, c_in, c_out = w.shape
+    r = jnp.pad(r, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho, wo = (r.shape[1] - k) // stride + 1, (r.shape[2] - k) // stride + 1
+    cols = [r[:, di:di + stride * (ho - 1) + 1:stride, dj:dj + stride * (wo - 1) + 1:stride, :]
+            for di in range(k) for dj in range(k)]
+    return jnp.einsum("byxpi,pio->byxo", jnp.stack(cols, axis=3), w.reshape(k * k, c_in, c_out))
+
+
 def max_pool(a: jax.Array, p: int) -> jax.Array:
     """Non-overlapping max-pool of an NHWC map over p x p windows (window = stride = p); rows
     and columns past the last full window are dropped (floor division, as torch)."""
@@ -300,11 +314,15 @@ class ConvHopfield(Energy):
             pad = layer.padding
             # lax's conv needs one dtype: complex activities (holomorphic EP) meet real kernels
             dtype = jnp.result_type(r, p["kernel"])
-            z = jax.lax.conv_general_dilated(
-                r.astype(dtype), p["kernel"].astype(dtype), (layer.stride, layer.stride),
-                ((pad, pad), (pad, pad)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+            r, w = r.astype(dtype), p["kernel"].astype(dtype)
+            ho, wo = ((n + 2 * pad - layer.kernel) // layer.stride + 1 for n in r.shape[1:3])
+            if ho < layer.kernel or wo < layer.kernel:  # see conv_as_matmul
+                z = conv_as_matmul(r, w, layer.stride, pad)
+            else:
+                z = jax.lax.conv_general_dilated(
+                    r, w, (layer.stride, layer.stride), ((pad, pad), (pad, pad)),
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )
             return max_pool(z + p["bias"], layer.pool)
         return r.reshape(r.shape[0], -1) @ p["kernel"] + p["bias"]
 
