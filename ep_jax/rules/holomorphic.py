@@ -121,8 +121,10 @@ def holomorphic_gradient(
     """Holomorphic EP estimate of the gradient of mean_b C(s^0_b) (module docstring).
 
     Args:
-      energy, params: the model (``energy.holomorphic`` must hold).
-      x: clamped inputs; ``target``: labels ``(batch,)`` or dense targets.
+      energy: the model's energy (``energy.holomorphic`` must hold).
+      params: its parameters.
+      x: clamped inputs.
+      target: labels ``(batch,)`` or dense targets.
       state0: initial free state: ``"zeros"``, ``"feedforward"`` or a state (particles).
       phases: solvers (``phases.nudged`` relaxes the complex points, unprojected), cost and
         ``beta`` = the radius |beta| of the circle.
