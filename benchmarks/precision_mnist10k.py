@@ -16,12 +16,19 @@ nudged steps of eps 0.5, beta 0.5, batch 20):
 
 Targets (the issue): cosine >= 0.999 against float32 at the preset beta; test error within 0.3
 points of float32 (mean over 3 seeds). Writes ``benchmarks/results/precision_mnist10k.{json,md}``
-(refused if they exist, unless ``--overwrite``).
+(refused if they exist, unless ``--overwrite`` or ``--append``).
+
+``--append`` adds policies to existing results (e.g. ``--grad-precisions bfloat16-products,
+float16-products --precisions bfloat16-products``): their gradient rows and training runs are
+added, the rows already there are kept; the float32 runs are not repeated (their stored test
+errors are the reference), except the first seed's, retrained for the trained-params point (same
+seed, same numbers: its test error is recorded next to the stored one as a check).
 
 Usage::
 
     python benchmarks/precision_mnist10k.py [--epochs N] [--seeds 0,1,2] [--batches 5]
-        [--precisions bfloat16,float16] [--overwrite]
+        [--precisions bfloat16,float16] [--grad-precisions bfloat16,float16]
+        [--overwrite | --append]
 """
 
 from __future__ import annotations
@@ -48,12 +55,12 @@ from ep_jax.app.build import build_learner  # noqa: E402
 from ep_jax.app.config import get_preset  # noqa: E402
 from ep_jax.app.data import load_dataset  # noqa: E402
 from ep_jax.app.train import train  # noqa: E402
-from ep_jax.precision import Precision  # noqa: E402
+from ep_jax.precision import POLICIES, Precision  # noqa: E402
 from ep_jax.rules import RULES, get_rule  # noqa: E402
 from ep_jax.rules.seed000 import SEED000_RULES  # noqa: E402
 
 PRESET = "mnist10k"
-REDUCED = ("bfloat16", "float16")
+REDUCED = POLICIES[1:]
 POINTS = {"init": "Glorot init", "epoch1_f32": "after 1 float32 epoch",
           "trained_f32": "after the float32 run"}
 
@@ -62,7 +69,8 @@ def _f(v, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def gradient_agreement(params_by_point: dict, batches: list, phases, rules) -> list[dict]:
+def gradient_agreement(params_by_point: dict, batches: list, phases, rules,
+                       policies=("bfloat16", "float16")) -> list[dict]:
     """Per rule, precision and params point: cosine / rel. error vs float32 over the batches."""
     energy = hopfield((784, 500, 10))
     rows = []
@@ -80,7 +88,7 @@ def gradient_agreement(params_by_point: dict, batches: list, phases, rules) -> l
             rows.append({"rule": name, "skipped": str(err)})
             print(f"  {name}: skipped ({err})", flush=True)
             continue
-        low = {prec: grads(Precision(prec).wrap(energy)) for prec in REDUCED}
+        low = {prec: grads(Precision.parse(prec).wrap(energy)) for prec in policies}
         for point, params in params_by_point.items():
             ref = [g32(params, x, y) for x, y in batches]
             for prec, g_low in low.items():
@@ -109,7 +117,7 @@ def gradient_agreement(params_by_point: dict, batches: list, phases, rules) -> l
                        "norm_float32_mean": statistics.mean(c["norm_reference"] for c in cs),
                        "norm_reduced_mean": statistics.mean(c["norm_estimate"] for c in cs)}
                 rows.append(row)
-                print(f"  {name:15s} {point:12s} {prec:9s} cosine min {_f(row['cosine_min'], 6)} "
+                print(f"  {name:15s} {point:12s} {prec:17s} cosine min {_f(row['cosine_min'], 6)} "
                       f"pooled {row['cosine_pooled']:.6f} rel.err max {_f(row['rel_error_max'], 4)} "
                       f"|g| f32 {row['norm_float32_mean']:.3g} {prec} "
                       f"{row['norm_reduced_mean']:.3g} zero {zero} both zero {sum(both)}", flush=True)
@@ -122,23 +130,38 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--batches", type=int, default=5, help="batches of the gradient agreement")
     p.add_argument("--precisions", default="bfloat16,float16",
-                   help="reduced precisions trained besides float32 (gradients: always both)")
+                   help="reduced precision policies trained besides float32")
+    p.add_argument("--grad-precisions", default="bfloat16,float16",
+                   help="reduced precision policies of the gradient agreement")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    p.add_argument("--append", action="store_true",
+                   help="add these policies' rows to the existing results (module docstring)")
     args = p.parse_args(argv)
     out = Path(args.out)
     paths = [out / "precision_mnist10k.json", out / "precision_mnist10k.md"]
-    if not args.overwrite and any(q.exists() for q in paths):
+    old = None
+    if args.append:
+        if args.overwrite or not paths[0].exists():
+            p.error("--append: expected existing results and no --overwrite")
+        old = json.loads(paths[0].read_text())
+    elif not args.overwrite and any(q.exists() for q in paths):
         print(f"error: {', '.join(str(q) for q in paths if q.exists())} exist; pass --overwrite "
               "to replace them", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     trained = ["float32"] + [q for q in args.precisions.split(",") if q]
-    for q in trained[1:]:
+    grad_policies = [q for q in args.grad_precisions.split(",") if q]
+    for q in trained[1:] + grad_policies:
         if q not in REDUCED:
             p.error(f"--precisions: expected names from {REDUCED}, received {q!r}")
+    if old is not None:
+        done = {r["precision"] for r in old["runs"]} | {r.get("precision") for r in old["gradients"]}
+        if done & set(trained[1:] + grad_policies):
+            p.error(f"--append: {sorted(done & set(trained[1:] + grad_policies))} already in the "
+                    "results")
     base = get_preset(PRESET)
     if args.epochs is not None:
         base = base.with_overrides(epochs=args.epochs)
@@ -159,9 +182,11 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="precision_mnist10k_"))
     for seed in seeds:
         for prec in trained:
+            if old is not None and prec == "float32" and seed != seeds[0]:
+                continue  # the stored float32 runs are the reference; only seed 0's params needed
             over = {"seed": seed, "precision": prec}
             if prec != "float32":
-                over["eval_tol"] = Precision(prec).resolution
+                over["eval_tol"] = Precision.parse(prec).resolution
             cfg = base.with_overrides(**over)
             t0 = time.time()
             s = train(cfg, out_dir=work / f"{prec}-{seed}", data_dir=args.data_dir, quiet=True,
@@ -179,10 +204,21 @@ def main(argv=None) -> int:
             if prec == "float32" and final_params is None:
                 final_params = s["state"].learner.params
 
+    rerun32 = None
+    if old is not None:
+        # Reproducibility check of the retrained float32 seed, then the stored float32 runs.
+        rerun32 = next(r for r in runs if r["precision"] == "float32")
+        stored = next(r for r in old["runs"] if r["precision"] == "float32"
+                      and r["seed"] == seeds[0])
+        rerun32 = {"seed": seeds[0], "test_error_rerun": rerun32["test_error"],
+                   "test_error_stored": stored["test_error"]}
+        print(f"float32 seed {seeds[0]} rerun: {rerun32}", flush=True)
+        runs = old["runs"] + [r for r in runs if r["precision"] != "float32"]
     mean = {prec: statistics.mean(r["test_error"] for r in runs if r["precision"] == prec)
-            for prec in trained}
+            for prec in {r["precision"] for r in runs}}
     mean_eval32 = {prec: statistics.mean(r["test_error_eval_float32"] for r in runs
-                                         if r["precision"] == prec) for prec in trained[1:]}
+                                         if r["precision"] == prec) for prec in mean
+                   if prec != "float32"}
 
     # ---- gradient agreement ------------------------------------------------------------------
     b = base.data.batch_size
@@ -195,7 +231,9 @@ def main(argv=None) -> int:
                data_dir=args.data_dir, quiet=True, plots=False)
     points = {"init": init, "epoch1_f32": s1["state"].learner.params, "trained_f32": final_params}
     print("gradient agreement (vs float32):", flush=True)
-    grad_rows = gradient_agreement(points, batches, learner32.phases, rules)
+    grad_rows = gradient_agreement(points, batches, learner32.phases, rules, grad_policies)
+    if old is not None:
+        grad_rows = old["gradients"] + grad_rows
 
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "device": str(jax.devices()[0]), "jax": jax.__version__,
@@ -206,12 +244,18 @@ def main(argv=None) -> int:
              "free_steps": base.rule.free_steps, "nudged_steps": base.rule.nudged_steps,
              "step_size": base.rule.step_size, "beta": base.rule.beta, "rule": base.rule.rule,
              "batch_size": b, "epochs": base.loop.epochs, "seeds": seeds,
-             "eval_tol": {q: base.rule.eval_tol if q == "float32" else Precision(q).resolution
-                          for q in trained},
+             "eval_tol": {q: base.rule.eval_tol if q == "float32"
+                          else Precision.parse(q).resolution for q in sorted(mean)},
              "gradient_batches": args.batches, "seeded_skipped": sorted(SEED000_RULES)}
+    if old is not None:
+        env = {**old["env"], "appended": old["env"].get("appended", []) + [
+            {**env, "policies": grad_policies, "trained": trained[1:], "float32_rerun": rerun32}]}
+        setup = {**old["setup"], "eval_tol": {**old["setup"]["eval_tol"], **setup["eval_tol"]}}
     targets = {}
     for q in REDUCED:
         rows = [r for r in grad_rows if r.get("precision") == q]
+        if not rows:
+            continue
         for point in POINTS:
             at = [r for r in rows if r["params"] == point]
             targets[f"cosine_min_{q}_{point}"] = min(r["cosine_min"] for r in at
@@ -245,15 +289,27 @@ def markdown(r: dict) -> str:
         "",
         f"Net: {setup['sizes']} Hopfield, {setup['activation']}, {setup['free_steps']} free / "
         f"{setup['nudged_steps']} nudged steps of eps {setup['step_size']}, beta {setup['beta']}, "
-        f"batch {setup['batch_size']}; states in the compute dtype, params, gradients and "
-        "optimizer in float32 (`ep_jax.precision`).",
+        f"batch {setup['batch_size']}; states in the compute dtype (`bfloat16`, `float16`) or "
+        "in float32 with only the products in the compute dtype (`*-products`); params, "
+        "gradients and optimizer in float32 (`ep_jax.precision`).",
         "",
+    ]
+    for a in env.get("appended", []):
+        lines += [f"Appended with `--append` ({a['date']}; {a['device']}; jax {a['jax']}): "
+                  f"gradients of {', '.join(a['policies'])}, training of "
+                  f"{', '.join(a['trained']) or 'none'}; float32 seed "
+                  f"{a['float32_rerun']['seed']} retrained for its params: test error "
+                  f"{100 * a['float32_rerun']['test_error_rerun']:.2f}% (stored: "
+                  f"{100 * a['float32_rerun']['test_error_stored']:.2f}%).", ""]
+    lines += [
         "## Targets",
         "",
         "| target | precision | measured | met |",
         "| --- | --- | --- | --- |",
     ]
     for q in REDUCED:
+        if f"cosine_min_{q}_init" not in t:
+            continue
         for point, what in POINTS.items():
             c = t[f"cosine_min_{q}_{point}"]
             lines.append(f"| gradient cosine vs float32 >= 0.999, every rule and batch, {what} "

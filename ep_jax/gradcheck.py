@@ -182,7 +182,7 @@ def check_precision(cfg: GradcheckConfig):
     exact gradient in float64) and a rule it supports."""
     from ep_jax.precision import Precision
 
-    policy = Precision(cfg.precision)
+    policy = Precision.parse(cfg.precision)
     if policy.reduced:
         policy.check_rule(cfg.rule)
         if not cfg.x64:

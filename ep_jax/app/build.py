@@ -117,13 +117,13 @@ def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int, ima
 def _with_precision(cfg: TrainConfig, energy):
     """``energy`` relaxed in ``devices.precision`` (``ep_jax.precision``; float32: itself), after
     checking the settings a reduced precision cannot honour."""
-    policy = Precision(cfg.devices.precision)
+    policy = Precision.parse(cfg.devices.precision)
     if policy.reduced:
         try:
             policy.check_rule(cfg.rule.rule, "rule.rule")
             policy.check_tolerance(cfg.rule.eval_tol, "rule.eval_tol")
         except ValueError as e:
-            raise ValueError(f"{e} (with devices.precision={policy.compute!r})") from None
+            raise ValueError(f"{e} (with devices.precision={policy.name!r})") from None
     return policy.wrap(energy)
 
 

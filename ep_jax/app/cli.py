@@ -79,7 +79,8 @@ def _add_gradcheck(sub):
                    "(default: 0.5)")
     p.add_argument("--x64", action="store_true",
                    help="run in float64 (recommended; default: float32)")
-    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16",
+                                                         "bfloat16-products", "float16-products"],
                    help="also run the rule in float32 and in this precision (ep_jax.precision) on "
                    "the same float32 problem: cosine_vs_float32, rel_error_vs_float32, and each "
                    "one's rel_error/cosine against the float64 exact gradient (needs --x64; "

@@ -72,7 +72,7 @@ def _choice_tables() -> tuple[dict, dict]:
     from ep_jax.backprop import OPTIMIZERS as BP_OPTIMIZERS
     from ep_jax.energies import ENERGIES
     from ep_jax.optim import OPTIMIZERS as EP_OPTIMIZERS
-    from ep_jax.precision import PRECISIONS
+    from ep_jax.precision import POLICIES
     from ep_jax.preprocess import AUGMENTS
     from ep_jax.residual import BATCH_SCALINGS, EMBEDDING_GRADIENTS, INNER_OPTIMIZERS
     from ep_jax.rules import RULES
@@ -82,7 +82,7 @@ def _choice_tables() -> tuple[dict, dict]:
         "inner_optimizer": INNER_OPTIMIZERS, "embedding_gradient": EMBEDDING_GRADIENTS,
         "batch_scaling": BATCH_SCALINGS, "schedule": SCHEDULES, "augment": AUGMENTS,
         "on_divergence": DIVERGENCE_POLICIES, "solver": SOLVERS, "input_activation": ACTIVATIONS,
-        "precision": PRECISIONS,
+        "precision": POLICIES,
     }
     per_kind = {
         "rule": {LAYERED: RULES, MLP: (BACKPROP,), RESIDUAL: (RESIDUAL_EP, BACKPROP), CONV: RULES},
@@ -362,10 +362,11 @@ class DevicesConfig(_Section):
         parameters, FSDP-style); ``None``: ``"data=<devices>"``. Its sizes multiply to
         ``devices`` (when ``devices`` > 0).
       precision: the dtype of the relaxation's states and products (``ep_jax.precision``):
-        ``"float32"``, ``"bfloat16"`` or ``"float16"``; parameters, gradients and the optimizer
-        stay float32. Fingerprinted, unlike the other fields: persistent particles are saved
-        in this dtype, and a run's trajectory is that of its precision, so a checkpoint resumes
-        in the precision it was written in.
+        ``"float32"``, ``"bfloat16"`` or ``"float16"`` (states and products in it), or
+        ``"bfloat16-products"`` / ``"float16-products"`` (products in it, states float32);
+        parameters, gradients and the optimizer stay float32. Fingerprinted, unlike the other
+        fields: persistent particles are saved in the states' dtype, and a run's trajectory is
+        that of its precision, so a checkpoint resumes in the precision it was written in.
     """
 
     SECTION = "devices"
@@ -375,10 +376,10 @@ class DevicesConfig(_Section):
     precision: str = _field("float32", used_by=(LAYERED, CONV))
 
     def __post_init__(self):
-        from ep_jax.precision import PRECISIONS
+        from ep_jax.precision import POLICIES
 
-        if self.precision not in PRECISIONS:
-            self._fail("precision", f"one of {PRECISIONS}")
+        if self.precision not in POLICIES:
+            self._fail("precision", f"one of {POLICIES}")
         self._int("devices", 0)
         if self.mesh is None:
             return
