@@ -87,11 +87,18 @@ class ConvRow:
     lrs: tuple = ()
     compile: bool = True  # also time the torch.compile variant of the reference
     tag: str = ""
+    # sweeps per rolled loop iteration (FixedPoint.unroll); 0: fully unrolled (= the step
+    # count: the fast form on XLA's CPU backend, docs/CONV_BENCH.md); 1: a rolled loop
+    unroll: int = 1
 
     @property
     def id(self) -> str:
         return (f"conv:{self.name}/B{self.batch}/T{self.t_free}+2x{self.t_nudged}"
                 f"/fp-{'sync' if self.order == 'synchronous' else 'async'}/{self.dtype}")
+
+    def unrolls(self) -> tuple:
+        """``(free, nudged)`` sweeps per rolled loop iteration of the two phases."""
+        return ((self.unroll or self.t_free), (self.unroll or self.t_nudged))
 
     def energy(self) -> ConvHopfield:
         return conv_hopfield(self.in_shape, self.conv, dense=(), readout_classes=self.readout_classes)
@@ -119,9 +126,11 @@ def conv_suite_rows(name: str) -> list:
                 ConvRow("tiny-4-8", (8, 8, 3), ((4, 3, 1, 1, 2), (8, 3, 1, 0, 2)), 4, 3, 2,
                         order="asynchronous", compile=False, tag="smoke")]
     if name == "conv-cpu":
-        return [cifar_row(16, 10, 3, tag="target: CIFAR-10 architecture (CPU: B16, T 10+2x3)"),
-                mnist_row(64, 10, 3, tag="small net (MNIST architecture)"),
-                mnist_row(64, 10, 3, order="asynchronous", compile=False, tag="small net, async")]
+        return [cifar_row(16, 10, 3, unroll=0,
+                          tag="target: CIFAR-10 architecture (CPU: B16, T 10+2x3, unrolled)"),
+                mnist_row(64, 10, 3, unroll=0, tag="small net (MNIST architecture), unrolled"),
+                mnist_row(64, 10, 3, order="asynchronous", compile=False, unroll=0,
+                          tag="small net, async, unrolled")]
     if name == "conv-gpu":
         return [cifar_row(128, 250, 25, tag="target: the issue's CIFAR-10 step (B128, T 250+2x25)"),
                 cifar_row(128, 250, 25, order="asynchronous", compile=False),
@@ -230,10 +239,11 @@ def measure_conv_limits(settings: bench.Settings) -> dict:
 # ------------------------------------------------------------------------------------------
 def row_setup(row: ConvRow):
     """``(energy, phases, optimizer)``: ConvHopfield with a softmax readout, FixedPoint sweeps
-    of the row's order in both phases, beta 0.5, per-layer SGD."""
+    of the row's order and unroll in both phases, beta 0.5, per-layer SGD."""
     energy = row.energy()
-    phases = Phases(BETA, free=FixedPoint(row.t_free, order=row.order),
-                    nudged=FixedPoint(row.t_nudged, order=row.order),
+    u_free, u_nudged = row.unrolls()
+    phases = Phases(BETA, free=FixedPoint(row.t_free, order=row.order, unroll=u_free),
+                    nudged=FixedPoint(row.t_nudged, order=row.order, unroll=u_nudged),
                     cost=SoftmaxReadout(head=READOUT))
     return energy, phases, per_part(optax.sgd, row.rates())
 
@@ -277,7 +287,8 @@ def row_meta(row: ConvRow) -> dict:
     return {"id": row.id, "tag": row.tag, "net": row.name, "in_shape": list(row.in_shape),
             "conv": [list(c) for c in row.conv], "map_shapes": [list(s) for s in energy.map_shapes],
             "readout_classes": row.readout_classes, "batch": row.batch, "t_free": row.t_free,
-            "t_nudged": row.t_nudged, "order": row.order, "dtype": row.dtype, "rule": RULE,
+            "t_nudged": row.t_nudged, "unroll": list(row.unrolls()), "order": row.order,
+            "dtype": row.dtype, "rule": RULE,
             "beta": BETA, "rates": row.rates(), "layouts": "JAX NHWC / HWIO"}
 
 
@@ -320,7 +331,9 @@ NOTES = [
     "softmax readout learnt through C) and per-layer SGD; ConvHopfield with the hard sigmoid, "
     "identity on the input, beta = 0.5, one jitted function per step, nothing donated. Times: "
     "median (min) of the samples, each one or more steps back to back then a sync.",
-    "Row ids: net/B batch/T free + 2 x nudged sweeps/sweep order/dtype.",
+    "Row ids: net/B batch/T free + 2 x nudged sweeps/sweep order/dtype; unroll f/n: sweeps per "
+    "rolled loop iteration of the free / nudged phase (`FixedPoint.unroll`; equal to the sweep "
+    "count: fully unrolled, the fast form on XLA's CPU backend; 1: a rolled loop).",
     "FLOPs: conv, transposed-conv and dense products only (module docstring of "
     "ep_jax/bench_conv.py). peak = the best rate measured in the same run (a jitted chain of "
     "3x3 'same' convolutions in JAX, the matmul chain of ep_jax.bench, and torch's conv chain "
@@ -355,7 +368,9 @@ def write_markdown(path, env, rows, limits, wall_s, extra_notes=(), checks=None)
     head += " GFLOP (step) | JAX GFLOP/s | % peak | floor ms | floor ratio |"
     L += ["## Rows", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in ok:
-        line = (f"| {r['id']} | {r['steps_taken'][0]}+2x{r['steps_taken'][1]} "
+        unroll = r.get("unroll")
+        line = (f"| {r['id']} | {r['steps_taken'][0]}+2x{r['steps_taken'][1]}"
+                + ("" if unroll is None else f" (unroll {unroll[0]}/{unroll[1]})") + " "
                 f"| {bench.ms(r['median_ms'])} / {bench.ms(r['min_ms'])} |")
         if torch_cols:
             t = r.get("torch", {})

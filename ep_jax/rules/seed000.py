@@ -261,7 +261,8 @@ def seed000_gradient(
     """One step of seed 000's ``scheme`` (see the module docstring for the equations).
 
     Args:
-      energy: gives ``sizes`` and the activations ``rho(l)`` (its energy value is only reported).
+      energy: a ``LayeredEnergy`` (else ``ValueError``): gives ``sizes`` and the activations
+        ``rho(l)`` (its energy value is only reported).
       params: ``{"layer_l": {"kernel", "bias"}}``.
       x: inputs ``(batch, n_in)``; ``target``: labels ``(batch,)`` or dense targets.
       state0: ``"zeros"``, ``"feedforward"`` or a state (the seed's persistent states).
@@ -283,6 +284,12 @@ def seed000_gradient(
         raise ValueError(f"negative: only 'first-step' takes a negative phase, received {negative!r} for {scheme!r}")
     if negative not in NEGATIVE_PHASES:
         raise ValueError(f"negative: expected one of {NEGATIVE_PHASES}, received {negative!r}")
+    if not isinstance(energy, LayeredEnergy):
+        raise ValueError(
+            f"energy: seed 000's rules (seed000-{scheme}) need a LayeredEnergy (dense layers "
+            f"with sizes, rho(l) and params layer_l kernel/bias, e.g. hopfield), received "
+            f"{type(energy).__name__}; use the generic EP rules (ep-symmetric, ...) for it"
+        )
     sizes = energy.sizes
     if scheme == "first-step":
         check_first_step_sizes(sizes)

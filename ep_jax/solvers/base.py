@@ -14,7 +14,10 @@ F = E + beta C. A new solver is one subclass in one file; nothing dispatches on 
 Stopping and reporting (``iterate``): with ``tol=None`` a solver runs exactly ``max_steps``
 steps (a ``fori_loop``) and reports the last update norm ``max_b ||s_{t+1} - s_t||``;
 ``converged`` is then False, since no tolerance was checked. With a tolerance it runs a
-``while_loop`` until ``terminate`` holds, a non-finite state, or ``max_steps``. Divergence is
+``while_loop`` until ``terminate`` holds, a non-finite state, or ``max_steps``. ``unroll=k``
+(a solver field) puts k steps in each rolled loop iteration: XLA's CPU backend runs the
+convolutions of a rolled loop body several times slower than unrolled ones (docs/CONV_BENCH.md),
+and the numbers and statistics are the same for every k (see ``iterate``). Divergence is
 never silent: a non-finite state sets ``nonfinite``; an update norm that grew on each of the
 last ``GROWTH_STEPS`` steps sets ``unbounded`` (F has no minimum the solver can reach, e.g. the
 -beta phase of symmetric EP with beta > 1/2 on the state-quadratic energy and squared error).
@@ -131,11 +134,14 @@ class Solver(abc.ABC):
 
     max_steps: int
     tol: Optional[float]
+    # steps per rolled loop iteration (``iterate``); a subclass without the field runs 1
+    unroll: int = 1
 
     def validate(self, energy: Energy) -> None:
         """Raises ``ValueError`` if the solver's settings or the energy do not fit."""
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise ValueError(f"max_steps: expected an int >= 1, received {self.max_steps!r}")
+        check_unroll(self.unroll)
         if self.tol is not None and not self.tol >= 0:
             raise ValueError(f"tol: expected None or >= 0, received {self.tol!r}")
 
@@ -175,7 +181,7 @@ class Solver(abc.ABC):
             lambda c: step(c, box), (state0, self.init(problem, state0)), self.max_steps,
             self.tol, first_step=(lambda c: step(c, False)) if box else None,
             state_of=lambda c: c[0], terminate=self.terminate,
-            detect_growth=not self.bounds_states(problem.energy),
+            detect_growth=not self.bounds_states(problem.energy), unroll=self.unroll,
         )
         return out._replace(carry=out.carry[0])
 
@@ -201,12 +207,20 @@ def all_finite(state: State) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(s)) for s in jax.tree.leaves(state)]))
 
 
+def check_unroll(unroll) -> None:
+    """Raises ``ValueError`` unless ``unroll`` is an int >= 1 (a bool is refused: say k)."""
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll: expected an int >= 1 (steps per rolled loop iteration; "
+                         f">= max_steps unrolls fully), received {unroll!r}")
+
+
 def _grew(new, old):
     return new > GROWTH_FACTOR * old
 
 
 def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_step=None,
-            state_of=lambda carry: carry, terminate=None, detect_growth: bool = True):
+            state_of=lambda carry: carry, terminate=None, detect_growth: bool = True,
+            unroll: int = 1):
     """The loop of every relaxation: ``carry <- step(carry)`` without host synchronisation.
 
     ``tol=None``: exactly ``max_steps`` steps (a ``fori_loop``; with ``detect_growth`` the last
@@ -215,10 +229,17 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
     tol``), a non-finite norm, or ``max_steps``. ``first_step`` (if given) replaces ``step`` for
     step 1, which then runs outside the loop.
 
+    ``unroll=k``: k steps per rolled iteration. Fixed steps: ``fori_loop(..., unroll=k)``. With a
+    tolerance each ``while_loop`` iteration runs k guarded steps: step j is applied only if the
+    loop condition still holds before it (``carry <- where(cond(carry), body(carry), carry)``),
+    so the steps taken, residuals, flags and states are those of ``unroll=1``; a block that
+    stops early computes (and discards) at most k - 1 extra steps.
+
     Returns a ``LoopResult``.
     """
     if not (isinstance(max_steps, int) and max_steps >= 1):
         raise ValueError(f"max_steps: expected an int >= 1, received {max_steps!r}")
+    check_unroll(unroll)
     dtype = jnp.real(jax.tree.leaves(state_of(carry0))[0]).dtype
     if tol is None:
         carry, n_loop = carry0, max_steps
@@ -228,7 +249,9 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
             if detect_growth or n_loop == 0:
                 norms.append(update_norm(state_of(carry), state_of(carry0)))
         tail = min(n_loop, GROWTH_STEPS if detect_growth else 1)
-        carry = jax.lax.fori_loop(0, n_loop - tail, lambda _, c: step(c), carry)
+        if n_loop > tail:
+            carry = jax.lax.fori_loop(0, n_loop - tail, lambda _, c: step(c), carry,
+                                      unroll=min(unroll, n_loop - tail))
         for _ in range(tail):
             new = step(carry)
             norms.append(update_norm(state_of(new), state_of(carry)))
@@ -255,6 +278,16 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
         growth = jnp.where(_grew(res, jnp.max(res_old)), growth + 1, 0)
         return new, i + 1, res_b, ~jnp.isfinite(res), growth
 
+    def guarded(c):  # one step of unroll=1's loop, or nothing once that loop would have stopped
+        go = cond(c)
+        return jax.tree.map(lambda new, old: jnp.where(go, new, old), body(c), c)
+
+    def block(c):  # cond(c) holds on entry: the first step needs no guard
+        c = body(c)
+        for _ in range(min(unroll, max_steps) - 1):
+            c = guarded(c)
+        return c
+
     zero = jnp.asarray(0, jnp.int32)
     batch = jnp.shape(jax.tree.leaves(state_of(carry0))[0])[0]
     if first_step is not None:
@@ -263,7 +296,7 @@ def iterate(step, carry0, max_steps: int, tol: Optional[float] = None, *, first_
         init = (first, jnp.asarray(1, jnp.int32), res0, ~jnp.isfinite(jnp.max(res0)), zero)
     else:
         init = (carry0, zero, jnp.full((batch,), jnp.inf, dtype), jnp.asarray(False), zero)
-    carry, steps, res_b, nonfinite, growth = jax.lax.while_loop(cond, body, init)
+    carry, steps, res_b, nonfinite, growth = jax.lax.while_loop(cond, block, init)
     residual = jnp.max(res_b)
     nonfinite = nonfinite | ~all_finite(state_of(carry))
     converged = terminate(residual) & ~nonfinite

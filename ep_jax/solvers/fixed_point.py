@@ -42,12 +42,15 @@ class FixedPoint(Solver):
       order: ``"synchronous"`` (all layers from the old state) or ``"asynchronous"``
         (even layers, then odd layers from the updated even ones; layer 0 is the input).
       cost_curvature: L above; ``None`` takes the cost's registered bound.
+      unroll: sweeps per rolled loop iteration (``solvers.base.iterate``; same numbers for
+        every value; >= max_steps unrolls fully, the fast form of short conv relaxations on CPU).
     """
 
     max_steps: int = 20
     tol: Optional[float] = None
     order: str = "synchronous"
     cost_curvature: Optional[float] = None
+    unroll: int = 1
 
     def validate(self, energy) -> None:
         super().validate(energy)

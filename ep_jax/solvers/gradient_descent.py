@@ -21,12 +21,15 @@ class GradientDescent(Solver):
       tol: tolerance on the update norm; ``None`` runs a fixed number of steps.
       project: ``"clip01"`` keeps states in [0, 1] (seeds 001/003, where the projection is rho
         itself), or ``None``.
+      unroll: steps per rolled loop iteration (``solvers.base.iterate``; same numbers for every
+        value; >= max_steps unrolls fully).
     """
 
     step_size: float = 0.5
     max_steps: int = 20
     tol: Optional[float] = None
     project: Optional[str] = None
+    unroll: int = 1
 
     def validate(self, energy) -> None:
         super().validate(energy)

@@ -32,12 +32,15 @@ class OptaxSolver(Solver):
       max_steps: steps (``tol=None``) or the cap.
       tol: tolerance on the update norm, or ``None``.
       reduction: ``"sum"`` or ``"mean"`` over the batch (see above).
+      unroll: steps per rolled loop iteration (``solvers.base.iterate``; same numbers for every
+        value; >= max_steps unrolls fully).
     """
 
     transform: optax.GradientTransformation
     max_steps: int = 20
     tol: Optional[float] = None
     reduction: str = "sum"
+    unroll: int = 1
 
     def validate(self, energy) -> None:
         super().validate(energy)
