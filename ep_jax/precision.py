@@ -241,11 +241,43 @@ class MixedPrecision(Energy):
         return _cast_floats(tree, self.state_dtype)
 
     def _drive(self, params: Params, x: jax.Array, drive) -> tuple:
-        """(inner drive, params_c, x_c): from the hoisted drive, else cast here."""
-        if isinstance(drive, CastDrive):
-            return drive.inner, drive.params, drive.x
-        params_c, x_c = self._low(params), self._low(x)
-        return self.energy.input_drive(params_c, x_c), params_c, x_c
+        """(inner drive, params_c, x_c): from the hoisted drive, else computed here."""
+        if not isinstance(drive, CastDrive):
+            drive = self.input_drive(params, x)
+        return drive.inner, drive.params, drive.x
+
+    @property
+    def _products_field_form(self) -> bool:
+        """Float32 states on a field-form energy: fields computed by ``_field`` (float32 out)."""
+        return self.state_dtype != self.compute_dtype and self._field_form
+
+    def _dot(self, a, b):
+        """a @ b on compute-dtype operands, accumulated and returned in the states' dtype."""
+        return jnp.matmul(a, b, preferred_element_type=self.state_dtype)
+
+    def _field(self, params: Params, params_c: Params, state: tuple, l: int, drive,
+               in_box: bool) -> jax.Array:
+        """The Hopfield field h_l = W_{l-1}^T rho(s_{l-1}) + b_{l-1} + W_l rho(s_{l+1}) of
+        ``Hopfield._field`` with compute-dtype operands (rho of the states rounded to it, the
+        cast kernels) and the products' float32 accumulation *kept* (``preferred_element_type``),
+        the float32 bias added: a change of the field below the compute dtype's ulp of h (the
+        nudge, late in training) is not rounded away with the product's result."""
+        from ep_jax.energies.layered import layer_name
+
+        low = self._low(state)
+        if in_box and self.energy.identity_on_unit_box:
+            r = list(low)
+        else:
+            r = [self.energy.rho(k)(s) for k, s in enumerate(low, start=1)]
+        if l == 1:
+            h = drive
+        else:
+            below = layer_name(l - 1)
+            h = (self._dot(r[l - 2], params_c[below]["kernel"])
+                 + params[below]["bias"].astype(self.state_dtype))
+        if l < len(r):
+            h = h + self._dot(r[l], params_c[layer_name(l)]["kernel"].T)
+        return h
 
     # ---- the protocol ----------------------------------------------------------------------
     def __call__(self, params: Params, state: State, x: jax.Array) -> jax.Array:
@@ -356,6 +388,13 @@ class MixedPrecision(Energy):
         """The wrapped energy's drive on the cast params and input, with the cast params and
         input themselves: the casts are loop-invariant, done once per step with the drive."""
         params_c, x_c = self._low(params), self._low(x)
+        if self._products_field_form:  # rho_0(x) W_0 + b_0, float32 out (``_field``)
+            from ep_jax.energies.layered import layer_name
+
+            first = layer_name(0)
+            inner = (self._dot(self.energy.rho(0)(x_c), params_c[first]["kernel"])
+                     + params[first]["bias"].astype(self.state_dtype))
+            return CastDrive(inner, params_c, x_c)
         return CastDrive(self.energy.input_drive(params_c, x_c), params_c, x_c)
 
     def state_grad(self, params: Params, state: State, x: jax.Array, *, drive=None,
@@ -363,8 +402,8 @@ class MixedPrecision(Energy):
         """dE/ds computed in the compute dtype on the state cast to it (the wrapped energy's closed
         form or autodiff), returned in the states' dtype (float32 for ``-products`` policies)."""
         inner, params_c, x_c = self._drive(params, x, drive)
-        if self.state_dtype != self.compute_dtype and self._field_form:
-            return self._field_state_grad(params_c, tuple(state), x_c, inner, in_box)
+        if self._products_field_form:
+            return self._field_state_grad(params, params_c, tuple(state), inner, in_box)
         return self._store(self.energy.state_grad(params_c, self._low(state), x_c, drive=inner,
                                                   in_box=in_box))
 
@@ -376,15 +415,13 @@ class MixedPrecision(Energy):
 
         return isinstance(self.energy, Hopfield) and self.energy.quadratic == "activity"
 
-    def _field_state_grad(self, params_c, state: tuple, x_c, inner, in_box: bool) -> State:
-        """dE/ds_l = rho_l'(s_l) (rho_l(s_l) - h_l) with only the fields h_l (every product) in
-        the compute dtype, on the states rounded to it; rho, rho' and the difference are taken
-        in float32 on the float32 states, so the self term is not rounded."""
-        low = self._low(state)
+    def _field_state_grad(self, params, params_c, state: tuple, inner, in_box: bool) -> State:
+        """dE/ds_l = rho_l'(s_l) (rho_l(s_l) - h_l) with only the fields h_l (every product) on
+        compute-dtype operands (``_field``: float32 accumulation and result); rho, rho' and the
+        difference are taken in float32 on the float32 states, so the self term is not rounded."""
         grads = []
         for l, s in enumerate(state, start=1):
-            h = self.energy.layer_field(params_c, low, x_c, l, drive=inner,
-                                        in_box=in_box).astype(s.dtype)
+            h = self._field(params, params_c, state, l, inner, in_box)
             if in_box and self.energy.identity_on_unit_box:
                 grads.append(s - h)
             else:
@@ -403,6 +440,8 @@ class MixedPrecision(Energy):
                 f"(layer_field), received {type(self.energy).__name__}; use GradientDescent"
             )
         inner, params_c, x_c = self._drive(params, x, drive)
+        if self._products_field_form:
+            return self._field(params, params_c, tuple(state), l, inner, in_box)
         return self._store(field(params_c, self._low(state), x_c, l, drive=inner, in_box=in_box))
 
     # ---- learning ------------------------------------------------------------------------
