@@ -2,9 +2,10 @@
 
 A ``Precision`` policy names the *compute* dtype of the relaxation's products and the dtype its
 *states* are stored in (by default the compute dtype; ``states="float32"`` is the mixed-precision
-remedy below, named ``"bfloat16-products"`` / ``"float16-products"`` in ``POLICIES``). ``Precision.wrap(energy)``
-returns the energy itself for ``"float32"`` and otherwise a ``MixedPrecision`` energy, which every
-solver, rule and learner takes unchanged (it is an ``Energy``). The dtypes of one EP step::
+remedy below, named ``"bfloat16-products"`` / ``"float16-products"`` in ``POLICIES``).
+``Precision.wrap(energy)`` returns the energy itself for ``"float32"`` and otherwise a
+``MixedPrecision`` energy, which every solver, rule and learner takes unchanged (it is an
+``Energy``). The dtypes of one EP step with states in the compute dtype::
 
     params theta, x, grads, optimizer state         float32 (the caller's params dtype)
     theta_c, x_c = cast(theta), cast(x)             compute dtype, once per step (``input_drive``)
@@ -16,19 +17,22 @@ solver, rule and learner takes unchanged (it is an ``Energy``). The dtypes of on
     learning rule dE/dtheta(s_a) - dE/dtheta(s_b)   float32, on the states cast up (exact: every
                                                     compute-dtype number is a float32 number)
 
-With ``states="float32"`` (policy ``"bfloat16-products"``) the states, particles, dE/ds and the
-solver updates s <- s - eps dE/ds are float32, and only the products run in the compute dtype::
+With ``states="float32"`` (policy ``"bfloat16-products"``) the states, particles, dE/ds, the
+solver updates s <- s - eps dE/ds and the update norms are float32; only the products run on
+compute-dtype operands. For the layered Hopfield energy with the activity quadratic (``Hopfield``)
+the wrapper computes its field form itself::
 
-    dE/ds(s) = cast32( dE/ds(theta_c, cast(s), x_c) )   every product on compute-dtype operands,
-                                                       float32 accumulation, the result rounded
-                                                       once to the compute dtype, then cast up
+    h_l = rho(s_{l-1})_c W_{l-1,c} + b_{l-1} + rho(s_{l+1})_c W_{l,c}^T  compute-dtype operands (the
+                                                  states rounded), float32 accumulation AND result
+                                                  (``preferred_element_type``), float32 bias
+    dE/ds_l = rho'(s_l) (rho(s_l) - h_l)          float32, on the float32 state
 
 so a small update (a nudge below the compute dtype's ulp of the states) accumulates in float32
-instead of rounding away. For the layered Hopfield energy with the activity quadratic the
-self term is kept out of the rounding too: dE/ds_l = rho'(s_l) (rho(s_l) - h_l) with only the
-field h_l (every product, ``layer_field``) in the compute dtype on the rounded states, and
-rho(s_l) - h_l in float32 (rounding the whole dE/ds would round s_l, the term the small nudge
-moves: measured on mnist10k after one epoch, gradient cosine 0.9975 instead of 0.99987).
+instead of rounding away, the self term s_l (the one the nudge moves) is never rounded, and a
+field change below h's ulp is kept. Measured on mnist10k (``docs/PRECISION.md``): rounding the
+whole dE/ds instead gives gradient cosine 0.9975 after one epoch (0.99993 here), rounding the
+fields' result 0.9984 at the end of training (0.99960 here). Other energies run their own
+``state_grad`` / ``layer_field`` on the cast states and params, the result cast up to float32.
 
 In both, parameters, gradients and the optimizer never lose precision; what changes is where the
 relaxation lands (the states carry 8 significant bits in bfloat16, 11 in float16) and half the
