@@ -196,8 +196,11 @@ def test_cli_has_one_flag_per_field_and_refuses_unused_ones(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
+    # One help entry per flag: "--name METAVAR  meaning [section.name; default: ...; allowed: ...]".
+    entries = {e.split()[0]: " ".join(e.split()) for e in re.split(r"\n  (?=--)", text)}
     for name, section in FIELD_SECTION.items():
-        assert re.search(rf"--{name.replace('_', '-')} \S+\s+{section}\.{name}\b", text), name
+        entry = entries.get("--" + name.replace("_", "-"), "")
+        assert f"[{section}.{name}; default:" in entry, (name, entry)
     assert main(["train", "--preset", "bp-xor", "--beta", "0.3", "--out", str(tmp_path / "a")]) == 2
     assert "ep-jax train: error: rule.beta: not used by model.kind='mlp'" in capsys.readouterr().err
     # "none" is a value (no clipping, no tolerance), not "flag not given".
