@@ -113,6 +113,11 @@ def test_conv_suites_list_and_refuse_existing_results(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(ValueError, match="suite: expected one of"):
         bench_conv.conv_suite_rows("conv-huge")
+    # conv-cpu relaxes fully unrolled (XLA CPU's rolled-loop convs are slow), conv-gpu rolled
+    assert {r.unrolls() for r in bench_conv.conv_suite_rows("conv-cpu")} == {(10, 3)}
+    assert {r.unrolls() for r in bench_conv.conv_suite_rows("conv-gpu")} == {(1, 1)}
+    energy, phases, _ = bench_conv.row_setup(bench_conv.conv_suite_rows("conv-cpu")[0])
+    assert (phases.free.unroll, phases.nudged.unroll) == (10, 3)
 
 
 @pytest.mark.slow

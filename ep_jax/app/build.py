@@ -91,9 +91,10 @@ def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int, ima
 
     def solver(steps, tol=None):
         if rule.solver == "gradient_descent":
-            return GradientDescent(rule.step_size, steps, tol=tol, project=project)
+            return GradientDescent(rule.step_size, steps, tol=tol, project=project,
+                                   unroll=rule.unroll)
         order = "synchronous" if rule.solver == "fixed_point_sync" else "asynchronous"
-        return FixedPoint(steps, tol=tol, order=order)
+        return FixedPoint(steps, tol=tol, order=order, unroll=rule.unroll)
 
     if model.kind == CONV:
         energy, cost, rates, preprocess = _conv_model(cfg, n_out, image_shape)

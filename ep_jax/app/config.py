@@ -213,6 +213,9 @@ class RuleConfig(_Section):
         then odd layers: Scellier et al. 2023) (``ep_jax.solvers.FixedPoint``).
       free_steps, nudged_steps: relaxation steps of the free and nudged phases in training; for
         a residual model, ``nudged_steps`` are the inner optimizer's steps.
+      unroll: relaxation steps per rolled loop iteration (the solvers' ``unroll``; the same
+        numbers for every value): on CPU a conv net's sweeps run several times faster unrolled
+        (``unroll >= free_steps``: fully; docs/CONV_BENCH.md); compile time grows with it.
       eval_max_steps, eval_tol: evaluation relaxes the free phase from ``state_init`` until the
         update norm is below ``eval_tol`` or for ``eval_max_steps`` steps.
       persistent: keep each training example's free state between epochs ("persistent
@@ -237,6 +240,7 @@ class RuleConfig(_Section):
     persistent: bool = _field(True, used_by=(LAYERED, CONV))
     state_init: str = _field("zeros", used_by=(LAYERED, CONV))
     solver: str = _field("gradient_descent", used_by=(LAYERED, CONV))
+    unroll: int = _field(1, used_by=(LAYERED, CONV))
     inner_optimizer: str = _field("sgd", used_by=(RESIDUAL,))
     embedding_gradient: str = _field("exact", used_by=(RESIDUAL,))
     batch_scaling: str = _field("per-example", used_by=(RESIDUAL,))
@@ -244,7 +248,7 @@ class RuleConfig(_Section):
     def __post_init__(self):
         self._number("beta")
         self._number("step_size", positive=True)
-        for name in ("free_steps", "nudged_steps", "eval_max_steps"):
+        for name in ("free_steps", "nudged_steps", "eval_max_steps", "unroll"):
             self._int(name, 1)
         self._number("eval_tol", optional=True, positive=True)
         self._bool("persistent")
