@@ -216,10 +216,12 @@ def markdown(env, results, verdict) -> str:
                          f"{verdict[f'ep_within_half_a_point_of_{bp}']})")
     lines += ["", "Per seed:", ""]
     for name, r in results.items():
-        lines.append(f"- {r['preset']}: " + ", ".join(
+        label = r["preset"] + "".join(f" --{k.replace('_', '-')} {v}"
+                                      for k, v in r.get("overrides", {}).items())
+        lines.append(f"- {label}: " + ", ".join(
             f"seed {x['seed']} {100 * x['test_error']:.2f}% ({x['train_s_per_epoch']:.1f} s/epoch)"
             for x in r["runs"]))
-    if env.get("parts"):
+    if len(env.get("parts", ())) > 1:
         lines += ["", f"Run as {len(env['parts'])} concurrent processes (nice "
                   f"{env['parts'][0]['machine_at_start']['nice']}), merged with --merge."]
     if env.get("notes"):
