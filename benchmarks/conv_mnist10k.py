@@ -3,9 +3,9 @@
 Runs ``ep-jax train``'s code path (``ep_jax.app.train.train``) in this process for each seed:
 
 * ``ep``: the ``conv-mnist10k`` preset (conv 16 5x5/2, conv 32 5x5/2, softmax readout,
-  asynchronous fixed-point sweeps 8 free / 4 nudged, symmetric EP beta 0.5);
-* ``bp``: ``bp-conv-mnist10k``, the same config with ``rule="bptt"`` (backprop through the 8
-  free sweeps).
+  asynchronous fixed-point sweeps 20 free / 4 nudged, symmetric EP beta 0.5);
+* ``bp``: ``bp-conv-mnist10k``, the same config with ``rule="bptt"`` (backprop through the 20
+  free sweeps); ``bp-clip``: the same with the update clipped to global norm 1.
 
 Reports per run the final test error (mean ± sample std and the min-max spread over seeds), the
 training time per epoch (the jitted epochs only: compilation, evaluation and checkpoints are left
@@ -186,7 +186,8 @@ def markdown(env, results, verdict) -> str:
         "- data: MNIST-10k (first 8,000 images of the official test file for training, last "
         "2,000 for testing), 28x28 in [0, 1]",
         f"- model: {cfg.description}",
-        "- twin: the same config with rule='bptt' (backprop through the 8 free sweeps)",
+        f"- twin: the same config with rule='bptt' (backprop through the {cfg.rule.free_steps} "
+        "free sweeps)",
         "",
         "| run | seeds | epochs | test error % (mean ± std) | min - max | train s / epoch | "
         "wall s / run |",
