@@ -135,11 +135,13 @@ def test_bp_twin_runs_through_the_same_loop(tmp_path):
 
 def test_every_ep_preset_has_its_bp_twin():
     for name, cfg in PRESETS.items():
-        if cfg.rule.rule != "backprop":
+        if not name.startswith("bp-"):
             twin = PRESETS["bp-" + name]
-            assert (twin.data.dataset, twin.model.hidden, twin.data.batch_size,
-                    twin.loop.epochs) == (cfg.data.dataset, cfg.model.hidden,
+            assert twin.rule.rule in ("backprop", "bptt"), name
+            assert (twin.data.dataset, twin.model.hidden, twin.model.channels, twin.data.batch_size,
+                    twin.loop.epochs) == (cfg.data.dataset, cfg.model.hidden, cfg.model.channels,
                                           cfg.data.batch_size, cfg.loop.epochs)
+    assert all(name[3:] in PRESETS for name in PRESETS if name.startswith("bp-"))
     assert get_preset("mnist10k").model.hidden == (500,)
     with pytest.raises(ValueError, match="preset: expected one of"):
         get_preset("mnist")

@@ -767,14 +767,16 @@ _SCELLIER_CIFAR10 = _LABORIEUX_CIFAR10.with_overrides(
 )
 
 
-def _bptt_twin(cfg: TrainConfig) -> TrainConfig:
+def _bptt_twin(cfg: TrainConfig, grad_clip: Optional[float] = None) -> TrainConfig:
     """The BPTT twin of a conv preset: the same config, ``rule="bptt"`` (beta and the nudged
-    steps are kept but unused: BPTT has no nudged phase)."""
+    steps are kept but unused: BPTT has no nudged phase), and optionally a gradient clip."""
+    clip = "" if grad_clip is None else f", gradients clipped to global norm {grad_clip:g}"
     return dataclasses.replace(
         cfg, preset="bp-" + cfg.preset,
         description="BPTT twin of " + cfg.preset + ": the same config with rule='bptt' (backprop "
-        "through the free phase's fixed steps, the exact gradient EP estimates)",
+        "through the free phase's fixed steps, the exact gradient EP estimates)" + clip,
         rule=dataclasses.replace(cfg.rule, rule="bptt"),
+        optimizer=dataclasses.replace(cfg.optimizer, grad_clip=grad_clip),
     )
 
 
@@ -787,7 +789,11 @@ for _cfg in (_RESIDUAL_MNIST10K, _RESIDUAL_CIFAR10):
     PRESETS["bp-" + _cfg.preset] = _twin(_cfg, _RESIDUAL_OPT)
 for _cfg in (_CONV_MNIST10K, _LABORIEUX_CIFAR10, _SCELLIER_CIFAR10):
     PRESETS[_cfg.preset] = _cfg
-    PRESETS["bp-" + _cfg.preset] = _bptt_twin(_cfg)
+    # Unclipped, BPTT diverges at conv-mnist10k's rates (90% test error on seeds 0-2, while EP
+    # trains); clipped to norm 1 it trains (benchmarks/results/conv_mnist10k.md). The CIFAR-10
+    # twins keep Laborieux et al.'s unclipped BPTT.
+    clip = 1.0 if _cfg is _CONV_MNIST10K else None
+    PRESETS["bp-" + _cfg.preset] = _bptt_twin(_cfg, grad_clip=clip)
 DEFAULT_PRESET = "digits"
 
 
