@@ -132,6 +132,8 @@ def test_the_home_page_api_example_runs_as_written(capsys):
     text = (ROOT / "docs" / "index.md").read_text()
     section = text.split("## The API in 30 lines", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    readme = (ROOT / "README.md").read_text().split("## API in 30 lines", 1)[1]
+    assert readme.split("```python\n", 1)[1].split("```", 1)[0] == code, "README's API example differs"
     exec(compile(code, "docs/index.md", "exec"), {"__name__": "docs_example"})
     out = capsys.readouterr().out
     error = float(re.search(r"test error ([\d.]+)%", out).group(1))
