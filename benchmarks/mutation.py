@@ -221,8 +221,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- learner -------------------------------------------------------------------------------
     M("particles-not-written", "ep_jax/learner.py",
       "persistent particles not written back after a step",
-      "particles = jax.tree.map(lambda p, s: p.at[idx].set(s), particles, res.free_state)",
-      "particles = particles",
+      "lambda p, s: self.rows.put(p, idx, s)",
+      "lambda p, s: p",
       (T_SEED000, K('test_learner_writes_the_free_state_back_and_reports_its_metrics'))),
     M("metrics-on-nudged", "ep_jax/learner.py",
       "training metrics computed on the nudged instead of the free state",
@@ -232,8 +232,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- training loop -------------------------------------------------------------------------
     M("perm-ignores-epoch", "ep_jax/app/train.py",
       "epoch permutation does not depend on the epoch",
-      "perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)",
-      "perm = jax.random.permutation(jax.random.fold_in(data_key, 0), n_train)",
+      "distributed.batch_order(jax.random.fold_in(data_key, epoch)",
+      "distributed.batch_order(jax.random.fold_in(data_key, 0)",
       (K('test_epoch_batches_depend_on_the_epoch_and_padded_steps_are_skipped'), T_TRAIN)),
     M("padded-step-not-skipped", "ep_jax/app/train.py",
       "padded steps of the last chunk are trained on (not skipped)",
