@@ -188,7 +188,11 @@ def suite_rows(name: str) -> list:
 
 def select_rows(suite: str, only: str | None = None) -> list:
     """The rows of ``suite`` whose id matches the regular expression ``only`` (all if None)."""
-    rows = suite_rows(suite)
+    return filter_rows(suite_rows(suite), suite, only)
+
+
+def filter_rows(rows: list, suite: str, only: str | None = None) -> list:
+    """The ``rows`` (of ``suite``) whose ``id`` matches the regular expression ``only``."""
     if only is None:
         return rows
     try:

@@ -140,20 +140,8 @@ def conv_suite_rows(name: str) -> list:
 
 
 def select_conv_rows(suite: str, only: str | None = None) -> list:
-    rows = conv_suite_rows(suite)
-    if only is None:
-        return rows
-    import re
-
-    try:
-        pattern = re.compile(only)
-    except re.error as e:
-        raise ValueError(f"--only: expected a regular expression, received {only!r} ({e})") from None
-    picked = [r for r in rows if pattern.search(r.id)]
-    if not picked:
-        raise ValueError(f"--only: expected a pattern matching a row id of suite {suite!r} "
-                         f"(see --list), received {only!r}")
-    return picked
+    """The rows of conv ``suite`` whose id matches the regular expression ``only`` (all if None)."""
+    return bench.filter_rows(conv_suite_rows(suite), suite, only)
 
 
 CONV_SUITES = {
