@@ -47,7 +47,8 @@ def build_learner(cfg: TrainConfig, n_in: int, n_out: int, total_steps: int, ima
 
     Args:
       cfg: the run's config.
-      n_in, n_out: input size and number of classes (from the data).
+      n_in: input size (from the data).
+      n_out: number of classes (from the data).
       total_steps: optimizer steps of the whole run (the length of a cosine schedule).
       image_shape: the shape of one flat input row (a residual model's augmentation; a conv
         net's input maps: ``(H, W)`` or ``(H, W, C)``).

@@ -41,8 +41,10 @@ def bptt_gradient(
     """dL/dtheta by backprop through the ``phases.free.max_steps`` steps of the free phase.
 
     Args:
-      energy, params: the model (``params`` include a readout cost's head).
-      x: clamped inputs; ``target``: labels ``(batch,)`` or dense targets.
+      energy: the model's energy.
+      params: its parameters (including a readout cost's head).
+      x: clamped inputs.
+      target: labels ``(batch,)`` or dense targets.
       state0: ``"zeros"``, ``"feedforward"`` (differentiated through as well) or a state
         (persistent particles: a constant, the gradient does not flow into earlier batches).
       phases: ``phases.free`` (fixed steps: ``tol=None``) and ``phases.cost``; ``beta`` and
