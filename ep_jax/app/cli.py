@@ -356,8 +356,8 @@ def _train(args) -> int:
     return 0
 
 
-def _add_eval(sub):
-    p = sub.add_parser("eval", help="evaluate a run's checkpoint on its test split")
+def _add_checkpoint_args(p) -> None:
+    """The flags ``eval`` and ``credit`` share: which run, which epoch, where the data are."""
     p.add_argument("--checkpoint", required=True,
                    help="a run directory written by ep-jax train (required, no default)")
     p.add_argument("--epoch", type=int, default=None,
@@ -365,6 +365,11 @@ def _add_eval(sub):
     p.add_argument("--data-dir", default=None,
                    help="offline dataset files (default: $EP_JAX_DATA_DIR, else a source "
                    "checkout's ../shared/data)")
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on its test split")
+    _add_checkpoint_args(p)
 
 
 def _eval(args) -> int:
@@ -383,13 +388,7 @@ def _add_credit(sub):
         "dL/dh_l), rho (perturbation correlation), seed 004's displacement-based Gamma/rho and its "
         "naive state error, on the first --batch test examples (see ep_jax.credit).",
     )
-    p.add_argument("--checkpoint", required=True,
-                   help="a run directory written by ep-jax train (required, no default)")
-    p.add_argument("--epoch", type=int, default=None,
-                   help="the epoch whose checkpoint is used (default: the latest checkpoint)")
-    p.add_argument("--data-dir", default=None,
-                   help="offline dataset files (default: $EP_JAX_DATA_DIR, else a source "
-                   "checkout's ../shared/data)")
+    _add_checkpoint_args(p)
     p.add_argument("--batch", type=int, default=None, help="test examples scored (default: the run's loop.credit_batch)")
     p.add_argument("--random-targets", action="store_true",
                    help="score the credit against uniform random labels (control; default: "
